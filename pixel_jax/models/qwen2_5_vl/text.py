@@ -1,0 +1,125 @@
+"""The Qwen2.5-VL text decoder: GQA with qkv bias, SwiGLU, RMSNorm, multimodal rotary (M-RoPE).
+
+Einsum letters: B batch, T query length, S key length (cache slots), N query heads,
+K kv heads, H head dim, D model dim, V vocabulary.
+
+The decoder runs in two modes with one code path:
+- no cache: the T tokens attend to each other under `mask` [B, T, T];
+- with a cache (one (k, v) pair [B, S, K, H] per layer): the chunk's keys/values are written
+  at slots `write_index[b] + arange(T)` of each row, then the chunk attends to all S slots under
+  `mask` [B, T, S]. Positions are explicit, so rows may sit at different offsets and the cache
+  may hold holes (slots that the mask never opens).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pixel_jax.models import layers
+from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+
+KVCache = list[tuple[jax.Array, jax.Array]]  # per layer (k, v), each [B, S, K, H]
+
+
+def mrope_cos_sin(positions: jax.Array, config: Qwen2_5_VLConfig) -> tuple[jax.Array, jax.Array]:
+    """M-RoPE angles from 3-D positions [3, B, T] (t, h, w) -> cos, sin [B, T, H] float32.
+
+    Frequency i of the H/2 rotary frequencies takes its angle from the t, h or w position
+    according to `mrope_section` (e.g. 16 | 24 | 24 for H = 128).
+    """
+    half = config.head_dim // 2
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, config.head_dim, 2, dtype=np.float32) / config.head_dim))
+    section_of_freq = np.repeat(np.arange(3), config.mrope_section)  # [H/2]
+    picks = jnp.asarray(section_of_freq[None, :] == np.arange(3)[:, None], jnp.float32)  # [3, H/2]
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [3, B, T, H/2]
+    freqs = jnp.einsum("XBTF,XF->BTF", freqs, picks, precision=jax.lax.Precision.HIGHEST)
+    assert freqs.shape[-1] == half
+    angles = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, H]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def write_to_cache(cache: jax.Array, new: jax.Array, write_index: jax.Array) -> jax.Array:
+    """cache [B, S, K, H] with new [B, T, K, H] written at slots write_index[b] + arange(T).
+
+    Slots past S are dropped (never wrapped or clamped onto earlier slots).
+    """
+    b, t = new.shape[:2]
+    slots = write_index[:, None] + jnp.arange(t)[None, :]  # [B, T]
+    rows = jnp.arange(b)[:, None]
+    return cache.at[rows, slots].set(new.astype(cache.dtype), mode="drop")
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: Qwen2_5_VLConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        kw = dict(param_dtype=config.weight_dtype, rngs=rngs)
+        self.q_proj = layers.Einsum("BTD,DNH->BTNH", (d, n, h), ("embed", "q_heads", "head_dim"),
+                                    bias_shape=(n, h), bias_axes=("q_heads", "head_dim"), **kw)
+        self.k_proj = layers.Einsum("BTD,DKH->BTKH", (d, k, h), ("embed", "kv_heads", "head_dim"),
+                                    bias_shape=(k, h), bias_axes=("kv_heads", "head_dim"), **kw)
+        self.v_proj = layers.Einsum("BTD,DKH->BTKH", (d, k, h), ("embed", "kv_heads", "head_dim"),
+                                    bias_shape=(k, h), bias_axes=("kv_heads", "head_dim"), **kw)
+        self.o_proj = layers.Einsum("BTNH,NHD->BTD", (n, h, d), ("q_heads", "head_dim", "embed"), **kw)
+
+    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        q = layers.apply_rotary(self.q_proj(x), cos, sin)  # [B, T, N, H]
+        k = layers.apply_rotary(self.k_proj(x), cos, sin)  # [B, T, K, H]
+        v = self.v_proj(x)  # [B, T, K, H]
+        if kv is not None:
+            k = write_to_cache(kv[0], k, write_index)  # [B, S, K, H]
+            v = write_to_cache(kv[1], v, write_index)
+        out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        return self.o_proj(out), (k, v)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: Qwen2_5_VLConfig, *, rngs: nnx.Rngs):
+        eps, dtype = config.rms_norm_eps, config.weight_dtype
+        self.input_layernorm = layers.RMSNorm(config.hidden_size, eps=eps, param_dtype=dtype)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = layers.RMSNorm(config.hidden_size, eps=eps, param_dtype=dtype)
+        self.mlp = layers.GatedMLP(config.hidden_size, config.intermediate_size, bias=False,
+                                   param_dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, write_index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class TextModel(nnx.Module):
+    """Token embedding, decoder layers and the final norm (the LM head lives in the full model)."""
+
+    def __init__(self, config: Qwen2_5_VLConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = layers.make_param(
+            rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), config.weight_dtype
+        )
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.norm = layers.RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=config.weight_dtype)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:  # [B, T] -> [B, T, D]
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.config.compute_dtype)
+
+    def __call__(
+        self,
+        embeds: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache: KVCache | None = None,
+        write_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """embeds [B, T, D], positions [3, B, T], mask [B, T, S] -> hidden [B, T, D], updated cache."""
+        if (cache is None) != (write_index is None):
+            raise ValueError("cache and write_index must be given together")
+        cos, sin = mrope_cos_sin(positions, self.config)
+        x = embeds
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, cos, sin, mask, None if cache is None else cache[i], write_index)
+            new_cache.append(kv)
+        return self.norm(x), (new_cache if cache is not None else None)
