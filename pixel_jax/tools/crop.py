@@ -178,10 +178,12 @@ def crop_and_resize(image, box, out_hw: tuple[int, int], image_wh=None):
     Formulation, chosen by measuring 2048×1536×3 → 448×448 on 2 CPU cores (`benchmarks/crop.py`):
     two dense weight matrices [out_h, H] and [out_w, W] cost out_h·H·W·C + out_h·out_w·W·C
     ≈ 5.4 GMAC, 80–160 ms per crop; gathered taps with a static tap count cost
-    H·out_w·Kx·C + out_h·out_w·Ky·C ≈ 29 M MAC, ≈ 7 ms per crop (≈ 6.5 ms batched), about PIL's
-    8 ms on random boxes. So: taps, the horizontal pass first over all H rows (the crop's rows are
-    traced), then the vertical pass; unrolled over the K taps so XLA fuses each pass into one loop
-    (a `fori_loop` over taps measured 3× slower, one gather of all K taps 8× slower).
+    H·out_w·Kx·C + out_h·out_w·Ky·C ≈ 29 M MAC, 6–13 ms per crop whatever the box (one call or
+    vmap over 8 rows), on a par with PIL's 8 ms on random boxes. So: taps, the horizontal pass
+    first over all H rows (the crop's rows are traced; vertical-first measured 1.5× slower), then
+    the vertical pass; unrolled over the K taps so XLA fuses each pass into one loop (a
+    `fori_loop` over taps measured 3× slower, one gather of all K taps 8× slower). Not measured
+    on TPU, where the dense matmul form might win.
     """
     out_h, out_w = out_hw
     if out_h <= 0 or out_w <= 0:
