@@ -163,17 +163,17 @@ class Qwen2_5_VLConfig:
         })
 
     @classmethod
-    def tiny(cls, vocab_size: int = 4096, **overrides) -> "Qwen2_5_VLConfig":
+    def tiny(cls, **overrides) -> "Qwen2_5_VLConfig":
         """A few-MB model for tests and the embedded CPU default (window 56 px = 2 merged units).
 
-        Special-token ids sit at the end of the vocabulary, as in the packaged tokenizer.
+        Its vocabulary and special-token ids are those of the packaged tokenizer
+        (`pixel_jax/assets/tokenizer`, 2,000 tokens; the embedding is padded to 2,048 rows).
         """
         return cls(**{
-            "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "mrope_section": (2, 3, 3),
-            "image_token_id": vocab_size - 4, "video_token_id": vocab_size - 3,
-            "vision_start_token_id": vocab_size - 6, "vision_end_token_id": vocab_size - 5,
-            "bos_token_id": vocab_size - 8, "eos_token_id": vocab_size - 7,
+            "bos_token_id": 1984, "eos_token_id": 1986, "vision_start_token_id": 1993,
+            "vision_end_token_id": 1994, "image_token_id": 1996, "video_token_id": 1997,
             "vision": VisionConfig(
                 depth=3, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
                 fullatt_block_indexes=(1,), out_hidden_size=64,

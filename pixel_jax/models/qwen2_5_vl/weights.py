@@ -110,6 +110,8 @@ def _flat_params(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 # --------------------------------------------------------------------------- load
 def read_config(path: str | Path) -> Qwen2_5_VLConfig:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: checkpoint folder does not exist")
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face checkpoint folder)")
