@@ -19,13 +19,18 @@ from pixel_jax.models.qwen2_5_vl.vision import VisionTransformer
 
 
 def place_features(embeds: jax.Array, input_ids: jax.Array, token_id: int, features: jax.Array) -> jax.Array:
-    """Replaces the embeddings of `token_id` tokens, in reading order over the batch, by `features`.
+    """Replaces the embeddings of `token_id` tokens by `features`, in reading order.
 
-    embeds [B, T, D], input_ids [B, T], features [M, D] (M ≥ number of such tokens) -> [B, T, D].
+    embeds [B, T, D], input_ids [B, T]. features [M, D]: one sequence over the whole batch (the
+    transformers convention); or [B, M, D]: each row's own features. M ≥ the number of slots.
     """
     is_slot = input_ids == token_id  # [B, T]
-    order = (jnp.cumsum(is_slot.reshape(-1)) - 1).reshape(is_slot.shape)
-    gathered = jnp.take(features, jnp.clip(order, 0, features.shape[0] - 1), axis=0)  # [B, T, D]
+    if features.ndim == 3:
+        order = jnp.cumsum(is_slot, axis=1) - 1  # [B, T]
+        gathered = jnp.take_along_axis(features, jnp.clip(order, 0, features.shape[1] - 1)[..., None], axis=1)
+    else:
+        order = (jnp.cumsum(is_slot.reshape(-1)) - 1).reshape(is_slot.shape)
+        gathered = jnp.take(features, jnp.clip(order, 0, features.shape[0] - 1), axis=0)  # [B, T, D]
     return jnp.where(is_slot[..., None], gathered.astype(embeds.dtype), embeds)
 
 

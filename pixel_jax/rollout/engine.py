@@ -1,0 +1,315 @@
+"""The multi-turn rollout as ONE compiled program: sample, call tools, see the crops, go on.
+
+Every row of the batch owns S cache slots. Slots [0, P) hold its left-padded prompt; after it,
+every sampled token takes the next slot, and a tool call's result (template text + the crop's
+image tokens) takes a fixed chunk of L slots — shorter results leave holes that `slot_valid`
+keeps closed. Each slot's token, 3-D M-RoPE position, validity, "sampled" bit, log-probability
+and temperature are stored, so the learner replays exactly what the sampler saw.
+
+The loop (`lax.while_loop`) runs one of two steps per iteration:
+- decode: every GENERATING row forwards its newest token (one slot) and samples the next;
+- inject: every PENDING_TOOL row parses its call, crops the original image, runs the vision
+  tower on the crop and forwards [close token | result chunk] (L + 1 slots) in one chunked
+  prefill, then samples the first token after it.
+Rows progress independently; finished rows idle. Static shapes throughout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, causal_padding_mask
+from pixel_jax.models.qwen2_5_vl.rope_index import get_rope_index
+from pixel_jax.processing import image as image_processing
+from pixel_jax.rollout import sampling
+from pixel_jax.rollout.tool_step import ToolTables, execute_crop
+from pixel_jax.rollout.trajectory import Trajectory
+from pixel_jax.tools.errors import ToolError
+
+
+class Phase(enum.IntEnum):
+    GENERATING = 0
+    PENDING_TOOL = 1
+    DONE = 2
+
+
+class FinishReason(enum.IntEnum):
+    RUNNING = 0
+    STOP = 1  # sampled a stop token (end of turn / end of text)
+    LENGTH = 2  # response token budget or cache exhausted
+    TOO_MANY_CALLS = 3  # a call beyond max_calls
+    NO_ROOM_FOR_RESULT = 4  # a call whose result chunk no longer fits the cache
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    """Static settings of one compiled rollout (hashable: a jit static argument)."""
+
+    max_new_tokens: int  # sampled tokens per response, calls included
+    stop_ids: tuple[int, ...]
+    first_turn: sampling.SamplingParams = sampling.SamplingParams()
+    later_turns: sampling.SamplingParams = sampling.SamplingParams()
+    max_calls: int = 0
+    tools: ToolTables | None = None
+
+    def cache_slots(self, prompt_len: int) -> int:
+        chunk = self.tools.chunk_len if self.tools is not None else 0
+        return prompt_len + self.max_new_tokens + self.max_calls * chunk
+
+
+@struct.dataclass
+class RolloutState:
+    cache: list  # per layer (k, v) [B, S, K, H]
+    tokens: jax.Array  # [B, S] int32
+    positions: jax.Array  # [3, B, S] int32
+    slot_valid: jax.Array  # [B, S] bool
+    sampled: jax.Array  # [B, S] bool: written by the policy (the loss mask)
+    logprobs: jax.Array  # [B, S] float32 log π_old of sampled tokens
+    temperature: jax.Array  # [B, S] float32 temperature each sampled token was drawn at
+    cursor: jax.Array  # [B] slot of the newest token (sampled, not yet forwarded)
+    next_position: jax.Array  # [B] M-RoPE text position of the next slot written
+    n_sampled: jax.Array  # [B]
+    call_start: jax.Array  # [B] first slot of the current call's arguments
+    phase: jax.Array  # [B] Phase
+    finish: jax.Array  # [B] FinishReason
+    n_calls: jax.Array  # [B]
+    n_errors: jax.Array  # [B]
+    call_errors: jax.Array  # [B, C] ToolError per call
+    call_boxes: jax.Array  # [B, C, 4] requested box (target frame) per call
+    call_targets: jax.Array  # [B, C] 1-based target image per call
+    crops: jax.Array  # [B, C, h, w, 3] uint8 images shown after successful calls
+    source_boxes: jax.Array  # [B, I, 4] region of each shown image in original pixels
+    shown_wh: jax.Array  # [B, I, 2]
+    n_shown: jax.Array  # [B]
+    rng: jax.Array
+    step: jax.Array  # scalar
+
+
+def _set_at(array: jax.Array, slot: jax.Array, value: jax.Array, write: jax.Array) -> jax.Array:
+    """array [B, S, ...] with value [B, ...] at array[b, slot[b]] where write[b]."""
+    rows = jnp.arange(array.shape[0])
+    return array.at[rows, jnp.where(write, slot, array.shape[1])].set(value, mode="drop")
+
+
+def _ends_with(tokens: jax.Array, cursor: jax.Array, sequence: tuple[int, ...]) -> jax.Array:
+    """[B] bool: tokens[b, cursor-k+1 .. cursor] == sequence."""
+    k = len(sequence)
+    idx = jnp.clip(cursor[:, None] - (k - 1) + jnp.arange(k)[None], 0, tokens.shape[1] - 1)
+    return jnp.all(jnp.take_along_axis(tokens, idx, axis=1) == jnp.asarray(sequence)[None], axis=1)
+
+
+class Engine:
+    """Compiles and runs rollouts of one model graph under one `RolloutSpec`."""
+
+    def __init__(self, model: Qwen2_5_VL, spec: RolloutSpec):
+        if spec.max_calls and spec.tools is None:
+            raise ValueError("RolloutSpec.max_calls > 0 needs tool tables (RolloutSpec.tools)")
+        self.spec = spec
+        self.config = model.config
+        self.graphdef, _ = nnx.split(model)
+        self._run = jax.jit(self._rollout)
+
+    def __call__(self, model: Qwen2_5_VL, batch: dict, rng: jax.Array) -> Trajectory:
+        """batch: input_ids [B, P] (left-padded), attention_mask [B, P]; optional pixel_values
+        [Σ patches, patch_dim] + image_grid_thw [I, 3] of the prompt images in reading order
+        (or [B, P0, patch_dim] + [B, 3], one image per row); with tools:
+        original [B, Hmax, Wmax, 3] uint8, original_wh [B, 2], view_wh [B, 2] (image 1's shown size).
+        """
+        return self._run(nnx.state(model), batch, rng)
+
+    # ----------------------------------------------------------------- prefill
+    def _rollout(self, params, batch, rng) -> Trajectory:
+        model = nnx.merge(self.graphdef, params)
+        state = self._prefill(model, batch, rng)
+
+        def running(state):
+            return jnp.any(state.phase != Phase.DONE) & (state.step < self._max_steps)
+
+        def body(state):
+            if self.spec.tools is None:
+                return self._decode(model, state)
+            pending = jnp.any(state.phase == Phase.PENDING_TOOL)
+            return jax.lax.cond(pending, lambda s: self._inject(model, batch, s), lambda s: self._decode(model, s),
+                                state)
+
+        state = jax.lax.while_loop(running, body, state)
+        return Trajectory.from_state(state, prompt_len=batch["input_ids"].shape[1])
+
+    @property
+    def _max_steps(self) -> int:
+        return self.spec.max_new_tokens + 2 * self.spec.max_calls + 1
+
+    def _prefill(self, model, batch, rng) -> RolloutState:
+        cfg, spec = self.config, self.spec
+        ids, mask = batch["input_ids"].astype(jnp.int32), batch["attention_mask"].astype(bool)
+        b, p = ids.shape
+        s = spec.cache_slots(p)
+        pixel_values, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
+        image_embeds = None
+        if pixel_values is not None:  # [Σ patches, patch_dim] or [B, P0, patch_dim]: both in reading order
+            image_embeds = model.encode_vision(pixel_values.reshape(-1, pixel_values.shape[-1]), grid)
+        positions, deltas = get_rope_index(cfg, ids, mask, grid)
+        cache = [
+            (jnp.zeros((b, s, cfg.num_key_value_heads, cfg.head_dim), cfg.compute_dtype),) * 2
+            for _ in range(cfg.num_hidden_layers)
+        ]
+        prompt_mask = jnp.pad(causal_padding_mask(mask), ((0, 0), (0, 0), (0, s - p)))  # [B, P, S]
+        hidden, cache = model.decode(model.embed(ids, image_embeds), positions, prompt_mask, cache,
+                                     jnp.zeros((b,), jnp.int32))
+        logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V] (left padding: the last slot is real)
+
+        pad = lambda x, value: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, s - p)], constant_values=value)
+        c, i = max(spec.max_calls, 1), spec.max_calls + 1
+        crop_h, crop_w = spec.tools.crop_hw if spec.tools is not None else (1, 1)
+        view_wh = batch.get("view_wh", jnp.ones((b, 2), jnp.int32)).astype(jnp.float32)
+        original_wh = batch.get("original_wh", jnp.ones((b, 2), jnp.int32)).astype(jnp.float32)
+        state = RolloutState(
+            cache=cache, tokens=pad(ids * mask, 0), positions=pad(positions, 0), slot_valid=pad(mask, False),
+            sampled=jnp.zeros((b, s), bool), logprobs=jnp.zeros((b, s), jnp.float32),
+            temperature=jnp.zeros((b, s), jnp.float32), cursor=jnp.full((b,), p - 1, jnp.int32),
+            next_position=(deltas[:, 0] + mask.sum(1)).astype(jnp.int32), n_sampled=jnp.zeros((b,), jnp.int32),
+            call_start=jnp.zeros((b,), jnp.int32), phase=jnp.full((b,), Phase.GENERATING, jnp.int32),
+            finish=jnp.zeros((b,), jnp.int32), n_calls=jnp.zeros((b,), jnp.int32),
+            n_errors=jnp.zeros((b,), jnp.int32), call_errors=jnp.zeros((b, c), jnp.int32),
+            call_boxes=jnp.zeros((b, c, 4), jnp.float32), call_targets=jnp.zeros((b, c), jnp.int32),
+            crops=jnp.zeros((b, c, crop_h, crop_w, 3), jnp.uint8),
+            source_boxes=jnp.zeros((b, i, 4), jnp.float32).at[:, 0, 2:].set(original_wh),
+            shown_wh=jnp.ones((b, i, 2), jnp.float32).at[:, 0].set(view_wh), n_shown=jnp.ones((b,), jnp.int32),
+            rng=rng, step=jnp.int32(0),
+        )
+        return self._append_sample(state, logits, state.phase == Phase.GENERATING, advance=jnp.zeros((b,), jnp.int32))
+
+    # --------------------------------------------------------------- sampling
+    def _append_sample(self, state: RolloutState, logits, rows, advance) -> RolloutState:
+        """Samples a token from logits [B, V] for `rows`, writes it after the cursor + `advance`
+        slots, and moves those rows to their next phase."""
+        spec = self.spec
+        rng, key = jax.random.split(state.rng)
+        later = state.n_calls > 0
+        temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
+        top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
+        top_k = max(spec.first_turn.top_k, spec.later_turns.top_k)
+        if spec.first_turn.top_k != spec.later_turns.top_k and min(spec.first_turn.top_k, spec.later_turns.top_k):
+            raise ValueError("first and later turns must share top_k (it is a static shape)")
+        token, logprob = sampling.sample(logits, key, temperature, top_k, top_p)
+        slot = state.cursor + advance + 1
+        position = state.next_position
+        state = state.replace(
+            rng=rng,
+            tokens=_set_at(state.tokens, slot, token, rows),
+            positions=jax.vmap(lambda pos: _set_at(pos, slot, position, rows))(state.positions),
+            slot_valid=_set_at(state.slot_valid, slot, True, rows),
+            sampled=_set_at(state.sampled, slot, True, rows),
+            logprobs=_set_at(state.logprobs, slot, logprob, rows),
+            temperature=_set_at(state.temperature, slot, jnp.where(temperature > 0, temperature, 1.0), rows),
+            cursor=jnp.where(rows, slot, state.cursor),
+            next_position=jnp.where(rows, position + 1, state.next_position),
+            n_sampled=state.n_sampled + rows,
+        )
+        return self._next_phase(state, token, rows)
+
+    def _next_phase(self, state: RolloutState, token, rows) -> RolloutState:
+        spec, s = self.spec, state.tokens.shape[1]
+        stop = jnp.isin(token, jnp.asarray(spec.stop_ids, jnp.int32)) if spec.stop_ids else jnp.zeros_like(rows)
+        out_of_tokens = (state.n_sampled >= spec.max_new_tokens) | (state.cursor + 1 >= s)
+        finish = jnp.where(stop, FinishReason.STOP, jnp.where(out_of_tokens, FinishReason.LENGTH, FinishReason.RUNNING))
+        phase = jnp.where(finish != FinishReason.RUNNING, Phase.DONE, Phase.GENERATING)
+        call_start = state.call_start
+        if spec.tools is not None:
+            tools = spec.tools
+            opened = _ends_with(state.tokens, state.cursor, tools.open_ids)
+            call_start = jnp.where(rows & opened, state.cursor + 1, call_start)
+            closed = _ends_with(state.tokens, state.cursor, tools.close_ids) & ~stop
+            no_room = state.cursor + 1 + tools.chunk_len >= s
+            too_many = state.n_calls >= spec.max_calls
+            finish = jnp.where(closed & too_many, FinishReason.TOO_MANY_CALLS,
+                               jnp.where(closed & no_room, FinishReason.NO_ROOM_FOR_RESULT, finish))
+            phase = jnp.where(closed & ~too_many & ~no_room, Phase.PENDING_TOOL,
+                              jnp.where(finish != FinishReason.RUNNING, Phase.DONE, Phase.GENERATING))
+        return state.replace(
+            phase=jnp.where(rows, phase, state.phase),
+            finish=jnp.where(rows, finish, state.finish),
+            call_start=call_start,
+        )
+
+    # ------------------------------------------------------------------ decode
+    def _decode(self, model, state: RolloutState) -> RolloutState:
+        rows = state.phase == Phase.GENERATING
+        b, s = state.tokens.shape
+        take = lambda x: jnp.take_along_axis(x, state.cursor[:, None], axis=-1)  # [..., B, 1]
+        hidden, cache = model.decode(
+            model.embed(take(state.tokens)), jax.vmap(take)(state.positions), state.slot_valid[:, None, :],
+            state.cache, jnp.where(rows, state.cursor, s),
+        )
+        state = state.replace(cache=cache, step=state.step + 1)
+        return self._append_sample(state, model.logits(hidden)[:, 0], rows, advance=jnp.zeros((b,), jnp.int32))
+
+    # ------------------------------------------------------------------ inject
+    def _inject(self, model, batch, state: RolloutState) -> RolloutState:
+        tools, cfg = self.spec.tools, self.config
+        rows = state.phase == Phase.PENDING_TOOL
+        b, s = state.tokens.shape
+        length = tools.chunk_len
+
+        # 1. parse and execute every pending row's call.
+        call_len = state.cursor - len(tools.close_ids) + 1 - state.call_start
+        call_tokens = jax.vmap(lambda t, start: jax.lax.dynamic_slice(t, (start,), (tools.max_call_tokens,)))(
+            jnp.pad(state.tokens, ((0, 0), (0, tools.max_call_tokens))), state.call_start)
+        parsed = jax.vmap(tools.parse)(call_tokens, jnp.clip(call_len, 0, tools.max_call_tokens))
+        parsed = parsed._replace(error=jnp.where(call_len > tools.max_call_tokens, ToolError.MALFORMED_CALL,
+                                                 parsed.error))
+        result = jax.vmap(lambda *a: execute_crop(tools, *a))(
+            parsed, batch["original"], batch["original_wh"], state.source_boxes, state.shown_wh, state.n_shown)
+        ok = rows & (result.error == ToolError.OK)
+
+        # 2. the vision tower on every row's crop (rows without a new image are ignored later).
+        crop_patches = jax.vmap(image_processing.to_pixel_values)(result.pixels.astype(jnp.float32))
+        n_patches = crop_patches.shape[1]
+        grid = jnp.tile(jnp.array([[1, tools.crop_hw[0] // 14, tools.crop_hw[1] // 14]]), (b, 1))
+        crop_embeds = model.encode_vision(crop_patches.reshape(b * n_patches, -1), grid).reshape(b, -1, cfg.hidden_size)
+
+        # 3. the chunk [close token | result tokens], its validity and positions.
+        code = jnp.where(rows, result.error, ToolError.OK)
+        chunk = jnp.asarray(tools.chunk_tokens)[code]  # [B, L]
+        chunk_valid = jnp.arange(length)[None] < jnp.asarray(tools.chunk_length)[code][:, None]
+        chunk_pos = state.next_position[None, :, None] + jnp.asarray(tools.chunk_positions)[code].transpose(1, 0, 2)
+        close_token = jnp.take_along_axis(state.tokens, state.cursor[:, None], axis=1)
+        close_pos = jax.vmap(lambda pos: jnp.take_along_axis(pos, state.cursor[:, None], axis=1))(state.positions)
+        ids = jnp.concatenate([close_token, chunk], axis=1)  # [B, 1 + L]
+        positions = jnp.concatenate([close_pos, chunk_pos], axis=2)  # [3, B, 1 + L]
+        slots = state.cursor[:, None] + jnp.arange(length + 1)[None]  # [B, 1 + L]
+        written = rows[:, None] & jnp.concatenate([jnp.ones((b, 1), bool), chunk_valid], axis=1)
+        write_rows = jnp.arange(b)[:, None]
+        drop = lambda x: jnp.where(rows[:, None], x, s)
+        slot_valid = state.slot_valid.at[write_rows, drop(slots)].set(written, mode="drop")
+        causal = jnp.arange(s)[None, None, :] <= slots[:, :, None]  # [B, 1 + L, S]
+        hidden, cache = model.decode(model.embed(ids, crop_embeds), positions, slot_valid[:, None, :] & causal,
+                                     state.cache, jnp.where(rows, state.cursor, s))
+        last = jnp.asarray(tools.chunk_length)[code]  # index of the last valid chunk token
+        logits = model.logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1))[:, 0]
+
+        # 4. record the chunk and the call, then sample the first token after it.
+        call = jnp.minimum(state.n_calls, state.call_errors.shape[1] - 1)
+        crop_slot = jnp.minimum(state.n_shown - 1, state.crops.shape[1] - 1)
+        image_slot = jnp.minimum(state.n_shown, state.source_boxes.shape[1] - 1)
+        state = state.replace(
+            cache=cache, step=state.step + 1, slot_valid=slot_valid,
+            tokens=state.tokens.at[write_rows, drop(slots[:, 1:])].set(chunk, mode="drop"),
+            positions=state.positions.at[:, write_rows, drop(slots[:, 1:])].set(chunk_pos, mode="drop"),
+            next_position=jnp.where(rows, state.next_position + jnp.asarray(tools.chunk_advance)[code],
+                                    state.next_position),
+            n_calls=state.n_calls + rows, n_errors=state.n_errors + (rows & ~ok),
+            call_errors=_set_at(state.call_errors, call, result.error, rows),
+            call_boxes=_set_at(state.call_boxes, call, result.box, rows),
+            call_targets=_set_at(state.call_targets, call, parsed.target_image, rows),
+            crops=_set_at(state.crops, crop_slot, result.pixels, ok),
+            source_boxes=_set_at(state.source_boxes, image_slot, result.source_box, ok),
+            shown_wh=_set_at(state.shown_wh, image_slot, jnp.array(tools.crop_hw[::-1], jnp.float32), ok),
+            n_shown=state.n_shown + ok,
+        )
+        return self._append_sample(state, logits, rows, advance=jnp.full((b,), length, jnp.int32))

@@ -1,0 +1,59 @@
+"""Token sampling: greedy, temperature, top-k, top-p, with per-row settings.
+
+The recorded log-probability of a sampled token is log softmax(logits / T) of that token, with
+T the row's temperature (1 for greedy rows), before top-k/top-p truncation: the quantity the
+learner recomputes from the same logits, so the PPO ratio starts at exactly 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """One turn's sampling settings. temperature 0 = greedy; top_k 0 / top_p 1 = off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) -> tuple[jax.Array, jax.Array]:
+    """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
+
+    temperature, top_p: scalars or [B] (per row); top_k: a static int (0 = off).
+    """
+    b = logits.shape[0]
+    temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (b,))
+    top_p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (b,))
+    greedy = temperature <= 0
+    scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]  # [B, V]
+    logprobs_all = jax.nn.log_softmax(scaled, axis=-1)
+
+    filtered = scaled
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]  # [B, 1]
+        filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
+    # top-p: keep the smallest set of most likely tokens whose mass reaches p (always ≥ 1 token).
+    order = jnp.argsort(-filtered, axis=-1)  # [B, V]
+    sorted_probs = jax.nn.softmax(jnp.take_along_axis(filtered, order, axis=-1), axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = mass_before < top_p[:, None]
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(b)[:, None], order].set(keep_sorted)
+    filtered = jnp.where(keep, filtered, -jnp.inf)
+
+    sampled = jax.random.categorical(key, filtered, axis=-1)
+    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logprobs_all, tokens[:, None], axis=-1)[:, 0]

@@ -1,0 +1,102 @@
+"""Executing a visual operation inside the compiled rollout, for one row (the engine vmaps it).
+
+The call's tokens → the protocol's on-device parser → the paper's box semantics on the target
+image → a crop of the ORIGINAL full-resolution image at the fixed crop grid, rounded to uint8
+(as a PIL crop would be, so the learner re-patchifies exactly what the sampler showed).
+Any failure is a `ToolError` code; the engine injects the matching error text instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pixel_jax.tools import crop as crop_ops
+from pixel_jax.tools.errors import ToolError, first_error
+
+
+class ParsedCall(NamedTuple):
+    """What an on-device parser returns for one call (all jnp scalars / fixed-size arrays)."""
+
+    tool: jax.Array  # int32 tool id of the protocol (`ToolTables.crop_tool_id` = a zoom/crop)
+    numbers: jax.Array  # [K] float32 the box / keypoint / frame numbers, padded
+    n_numbers: jax.Array  # int32 how many of `numbers` were given
+    target_image: jax.Array  # int32 1-based target image (1 when the protocol has none)
+    error: jax.Array  # int32 ToolError of parsing (OK when well formed)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolTables:
+    """Everything the engine needs from a tool protocol, as static host data.
+
+    open_ids / close_ids: token sequences that open / close a call (matched as a suffix).
+    chunk_tokens [n_codes, L]: the tokens injected after a call, per outcome (row ToolError.OK =
+      the success template with the crop's image pads; other rows = `Execution error: …`).
+    chunk_length [n_codes]: valid prefix of each row; the rest are holes.
+    chunk_positions [n_codes, 3, L]: M-RoPE positions relative to the chunk's first position.
+    chunk_advance [n_codes]: how far the text position moves over the chunk.
+    """
+
+    open_ids: tuple[int, ...]
+    close_ids: tuple[int, ...]
+    parse: Callable[[jax.Array, jax.Array], ParsedCall]  # (tokens [Lcall], length) -> ParsedCall
+    max_call_tokens: int
+    box_semantics: str  # "pixel_reasoner" (bbox_2d + target_image) or "groundlight" (keypoint)
+    crop_tool_id: int
+    crop_hw: tuple[int, int]
+    chunk_tokens: np.ndarray
+    chunk_length: np.ndarray
+    chunk_positions: np.ndarray
+    chunk_advance: np.ndarray
+
+    @property
+    def chunk_len(self) -> int:
+        return self.chunk_tokens.shape[1]
+
+
+class CropResult(NamedTuple):
+    error: jax.Array  # int32 ToolError
+    pixels: jax.Array  # [h, w, 3] uint8 the new image (zeros on error)
+    source_box: jax.Array  # [4] float32 region shown, in original pixels
+    box: jax.Array  # [4] float32 the requested box in the target image's frame (for records)
+
+
+def execute_crop(
+    tables: ToolTables,
+    parsed: ParsedCall,
+    original: jax.Array,  # [Hmax, Wmax, 3] uint8, the full-resolution image (padded)
+    original_wh: jax.Array,  # [2] its true size
+    source_boxes: jax.Array,  # [I, 4] region of each image shown so far, in original pixels
+    shown_wh: jax.Array,  # [I, 2] size each image was shown at (frame of absolute coordinates)
+    n_shown: jax.Array,  # int32 images shown so far
+) -> CropResult:
+    """One row's zoom: parse result + images so far -> the new image or an error code."""
+    if tables.box_semantics == "pixel_reasoner":
+        target = parsed.target_image
+        arity, arity_error = 4, ToolError.BOX_NOT_FOUR_NUMBERS
+    else:  # groundlight zooms on the input image with a keypoint
+        target = jnp.int32(1)
+        arity, arity_error = 2, ToolError.KEYPOINT_NOT_TWO_NUMBERS
+    source_box, target_wh, target_error = crop_ops.select_target(source_boxes, shown_wh, n_shown, target)
+    numbers = parsed.numbers[:arity]
+    if tables.box_semantics == "pixel_reasoner":
+        box, box_error = crop_ops.pixel_reasoner_box(numbers, target_wh)
+    else:
+        box, box_error = crop_ops.groundlight_zoom_box(numbers, target_wh)
+    error = first_error(
+        (parsed.error != ToolError.OK, parsed.error),
+        (parsed.tool != tables.crop_tool_id, ToolError.UNKNOWN_TOOL),
+        (parsed.n_numbers != arity, arity_error),
+        (target_error != ToolError.OK, target_error),
+        (box_error != ToolError.OK, box_error),
+    )
+    original_box = crop_ops.to_original_box(box, source_box, target_wh)
+    shown = crop_ops.fit_box_to_grid(original_box, original_wh, tables.crop_hw).astype(jnp.float32)
+    pixels = crop_ops.crop_and_resize(original, original_box, tables.crop_hw, original_wh)
+    pixels = jnp.clip(jnp.round(pixels), 0, 255).astype(jnp.uint8)
+    ok = error == ToolError.OK
+    return CropResult(error, jnp.where(ok, pixels, 0), shown, box)

@@ -1,0 +1,96 @@
+"""A finished rollout, and the training forward pass that replays it exactly.
+
+Nothing is re-tokenised: the learner sees the stored slots (token ids, M-RoPE positions,
+validity), the prompt image and the crops the sampler showed, so log π_θ of the sampled tokens
+equals the sampler's log π_old at the first update (ratio ρ = 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, place_features
+from pixel_jax.processing import image as image_processing
+
+
+@struct.dataclass
+class Trajectory:
+    tokens: jax.Array  # [B, S] int32 every slot's token (prompt, sampled, injected; 0 in holes)
+    positions: jax.Array  # [3, B, S] int32 M-RoPE positions
+    slot_valid: jax.Array  # [B, S] bool
+    loss_mask: jax.Array  # [B, S] bool: 1 only on tokens the policy sampled
+    logprobs: jax.Array  # [B, S] float32 log π_old(token | prefix), 0 where not sampled
+    temperature: jax.Array  # [B, S] float32 temperature of each sampled token (1 elsewhere)
+    crops: jax.Array  # [B, C, h, w, 3] uint8 images shown after successful calls, in order
+    n_crops: jax.Array  # [B]
+    n_calls: jax.Array  # [B] attempted visual operations
+    n_errors: jax.Array  # [B] failed ones
+    call_errors: jax.Array  # [B, C] ToolError per call
+    call_boxes: jax.Array  # [B, C, 4] requested box per call, in the target image's frame
+    call_targets: jax.Array  # [B, C] 1-based target image per call
+    finish: jax.Array  # [B] FinishReason
+    response_length: jax.Array  # [B] sampled tokens
+    prompt_len: int = struct.field(pytree_node=False)
+
+    @classmethod
+    def from_state(cls, state, prompt_len: int) -> "Trajectory":
+        return cls(
+            tokens=state.tokens, positions=state.positions, slot_valid=state.slot_valid, loss_mask=state.sampled,
+            logprobs=state.logprobs, temperature=jnp.where(state.sampled, state.temperature, 1.0),
+            crops=state.crops, n_crops=state.n_shown - 1, n_calls=state.n_calls, n_errors=state.n_errors,
+            call_errors=state.call_errors, call_boxes=state.call_boxes, call_targets=state.call_targets,
+            finish=state.finish, response_length=state.n_sampled, prompt_len=prompt_len,
+        )
+
+    @property
+    def last_call_failed(self) -> jax.Array:
+        """[B] the last visual operation failed (and none succeeded after it)."""
+        last = jnp.maximum(self.n_calls - 1, 0)
+        failed = jnp.take_along_axis(self.call_errors, last[:, None], axis=1)[:, 0] != 0
+        return (self.n_calls > 0) & failed
+
+
+def previous_valid_slot(slot_valid: jax.Array) -> jax.Array:
+    """[B, S] -> [B, S]: for each slot, the latest valid slot strictly before it (0 if none)."""
+    index = jnp.where(slot_valid, jnp.arange(slot_valid.shape[1])[None], 0)
+    latest = jax.lax.cummax(index, axis=1)
+    return jnp.concatenate([jnp.zeros_like(latest[:, :1]), latest[:, :-1]], axis=1)
+
+
+def token_logprobs(
+    model: Qwen2_5_VL,
+    trajectory: Trajectory,
+    prompt_pixel_values: jax.Array | None = None,
+    prompt_grid_thw: jax.Array | None = None,
+) -> jax.Array:
+    """log π_θ(token_s | slots before s) / T_s for every slot: [B, S] float32.
+
+    The logits of slot s predict the next VALID slot (holes are skipped), at the temperature the
+    token was sampled with. prompt_pixel_values [B, P0, patch_dim] with grids [B, 3] is the prompt
+    image of every row (as given to the rollout); crops are re-patchified from their uint8 pixels.
+    """
+    cfg = model.config
+    b, s = trajectory.tokens.shape
+    in_prompt = jnp.arange(s)[None] < trajectory.prompt_len
+    embeds = model.language_model.embed(trajectory.tokens)
+    if prompt_pixel_values is not None:  # reading order over the batch, as given to the rollout
+        flat = prompt_pixel_values.reshape(-1, prompt_pixel_values.shape[-1])
+        prompt_ids = jnp.where(in_prompt, trajectory.tokens, -1)
+        embeds = place_features(embeds, prompt_ids, cfg.image_token_id, model.encode_vision(flat, prompt_grid_thw))
+    crops = trajectory.crops
+    if crops.shape[2] > 1:  # the rollout had tools (a real crop grid): each row's crops in order
+        c, h, w = crops.shape[1:4]
+        patches = jax.vmap(image_processing.to_pixel_values)(crops.reshape(b * c, h, w, 3).astype(jnp.float32))
+        grid = jnp.tile(jnp.array([[1, h // 14, w // 14]]), (b * c, 1))
+        crop_embeds = model.encode_vision(patches.reshape(-1, patches.shape[-1]), grid).reshape(b, -1, cfg.hidden_size)
+        response_ids = jnp.where(in_prompt, -1, trajectory.tokens)
+        embeds = place_features(embeds, response_ids, cfg.image_token_id, crop_embeds)
+    causal = jnp.tril(jnp.ones((s, s), bool))[None] & trajectory.slot_valid[:, None, :]
+    hidden, _ = model.decode(embeds, trajectory.positions, causal)
+    source = previous_valid_slot(trajectory.slot_valid)  # [B, S]
+    hidden = jnp.take_along_axis(hidden, source[..., None], axis=1)  # [B, S, D] the predicting slot
+    logits = model.logits(hidden) / trajectory.temperature[..., None]
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logprobs, trajectory.tokens[..., None], axis=-1)[..., 0]

@@ -1,0 +1,102 @@
+"""The KV-cache sampler against transformers' generate, and the sampling distributions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+import hf_tiny  # noqa: E402
+from pixel_jax.models import qwen2_5_vl as qvl  # noqa: E402
+from pixel_jax.rollout import sampler, sampling  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    hf = hf_tiny.build_hf_model(hf_tiny.hf_config(), seed=1)
+    folder = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(folder)
+    return hf, qvl.from_pretrained(folder)
+
+
+def hf_greedy(hf, ids, mask, n, pv=None, grid=None):
+    kwargs = {}
+    if pv is not None:
+        kwargs = dict(pixel_values=torch.tensor(pv), image_grid_thw=torch.tensor(grid),
+                      mm_token_type_ids=torch.tensor(hf_tiny.mm_token_type_ids(ids)))
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=n,
+                          min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=2, **kwargs)
+    return out[:, ids.shape[1]:].numpy()
+
+
+def test_greedy_equals_transformers_text_only(models):
+    hf, ours = models
+    rng = np.random.default_rng(0)
+    ids, mask = hf_tiny.left_pad([hf_tiny.sample(rng, [9]), hf_tiny.sample(rng, [14])])
+    expected = hf_greedy(hf, ids, mask, 12)
+    got = sampler.generate(ours, ids, mask, max_new_tokens=12)
+    np.testing.assert_array_equal(np.asarray(got.tokens), expected)
+    assert len(set(expected[0].tolist())) > 3  # not a degenerate repeated token
+
+
+def test_greedy_equals_transformers_with_images(models):
+    hf, ours = models
+    rng = np.random.default_rng(1)
+    grids = [(1, 8, 8), (1, 4, 12)]
+    rows = [hf_tiny.sample(rng, [3, ("image", grids[0]), 4]), hf_tiny.sample(rng, [6, ("image", grids[1]), 2])]
+    ids, mask = hf_tiny.left_pad(rows)
+    pv = hf_tiny.pixels(rng, grids)
+    expected = hf_greedy(hf, ids, mask, 10, pv, np.array(grids))
+    got = sampler.generate(ours, ids, mask, max_new_tokens=10, pixel_values=pv, image_grid_thw=np.array(grids))
+    np.testing.assert_array_equal(np.asarray(got.tokens), expected)
+
+
+def test_stop_token_ends_a_row_and_pads_after_it(models):
+    _, ours = models
+    rng = np.random.default_rng(2)
+    ids, mask = hf_tiny.left_pad([hf_tiny.sample(rng, [9]), hf_tiny.sample(rng, [5])])
+    free = np.asarray(sampler.generate(ours, ids, mask, max_new_tokens=8).tokens)
+    stop = int(free[0, 3])
+    out = sampler.generate(ours, ids, mask, max_new_tokens=8, stop_token_ids=(stop,))
+    first_stop = int(np.argmax(free[0] == stop))
+    assert int(out.lengths[0]) == first_stop + 1
+    np.testing.assert_array_equal(np.asarray(out.tokens[0, : first_stop + 1]), free[0, : first_stop + 1])
+    assert np.all(np.asarray(out.tokens[0, first_stop + 1:]) == 0)
+
+
+def test_sampled_logprobs_are_those_of_the_tempered_distribution(models):
+    _, ours = models
+    rng = np.random.default_rng(3)
+    ids, mask = hf_tiny.left_pad([hf_tiny.sample(rng, [7])] * 2)
+    out = sampler.generate(ours, ids, mask, max_new_tokens=1, temperature=0.7, rng=jax.random.key(1))
+    logits = ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask))[:, -1]
+    expected = jax.nn.log_softmax(logits / 0.7)[np.arange(2), np.asarray(out.tokens[:, 0])]
+    np.testing.assert_allclose(np.asarray(out.logprobs[:, 0]), np.asarray(expected), atol=1e-5)
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    keys = jax.random.key(0)
+    top1, _ = sampling.sample(logits, keys, 1.0, top_k=1, top_p=1.0)
+    assert set(np.asarray(top1).tolist()) == {0}
+    top2, _ = sampling.sample(logits, keys, 1.0, top_k=2, top_p=1.0)
+    counts = np.bincount(np.asarray(top2), minlength=4) / 4000
+    assert counts[2] == counts[3] == 0 and abs(counts[0] - 0.5 / 0.8) < 0.03
+    nucleus, _ = sampling.sample(logits, keys, 1.0, top_k=0, top_p=0.8)  # {0, 1} reach 0.8
+    assert set(np.asarray(nucleus).tolist()) == {0, 1}
+    free, _ = sampling.sample(logits, keys, 1.0, top_k=0, top_p=1.0)
+    np.testing.assert_allclose(np.bincount(np.asarray(free), minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_sampling_params_are_validated():
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sampling.SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be"):
+        sampling.SamplingParams(temperature=-1.0)
