@@ -86,6 +86,7 @@ class RolloutState:
     source_boxes: jax.Array  # [B, I, 4] region of each shown image in original pixels
     shown_wh: jax.Array  # [B, I, 2]
     n_shown: jax.Array  # [B]
+    forced: jax.Array  # [B, F] int32 teacher-forced response tokens (-1 = sample freely)
     rng: jax.Array
     step: jax.Array  # scalar
 
@@ -119,6 +120,9 @@ class Engine:
         [Σ patches, patch_dim] + image_grid_thw [I, 3] of the prompt images in reading order
         (or [B, P0, patch_dim] + [B, 3], one image per row); with tools:
         original [B, Hmax, Wmax, 3] uint8, original_wh [B, 2], view_wh [B, 2] (image 1's shown size).
+        Optional forced_tokens [B, F] int32: teacher-forced response tokens (the n-th token the
+        policy writes is forced_tokens[b, n] unless -1), scored like sampled ones — for replaying
+        or scoring given responses through the same program.
         """
         return self._run(nnx.state(model), batch, rng)
 
@@ -180,6 +184,7 @@ class Engine:
             crops=jnp.zeros((b, c, crop_h, crop_w, 3), jnp.uint8),
             source_boxes=jnp.zeros((b, i, 4), jnp.float32).at[:, 0, 2:].set(original_wh),
             shown_wh=jnp.ones((b, i, 2), jnp.float32).at[:, 0].set(view_wh), n_shown=jnp.ones((b,), jnp.int32),
+            forced=batch.get("forced_tokens", jnp.full((b, 1), -1, jnp.int32)).astype(jnp.int32),
             rng=rng, step=jnp.int32(0),
         )
         return self._append_sample(state, logits, state.phase == Phase.GENERATING, advance=jnp.zeros((b,), jnp.int32))
@@ -197,6 +202,11 @@ class Engine:
         if spec.first_turn.top_k != spec.later_turns.top_k and min(spec.first_turn.top_k, spec.later_turns.top_k):
             raise ValueError("first and later turns must share top_k (it is a static shape)")
         token, logprob = sampling.sample(logits, key, temperature, top_k, top_p)
+        forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
+                                     axis=1)[:, 0]
+        forced = jnp.where(state.n_sampled < state.forced.shape[1], forced, -1)
+        token = jnp.where(forced >= 0, forced, token)
+        logprob = jnp.where(forced >= 0, sampling.token_logprob(logits, token, temperature), logprob)
         slot = state.cursor + advance + 1
         position = state.next_position
         state = state.replace(
@@ -206,7 +216,7 @@ class Engine:
             slot_valid=_set_at(state.slot_valid, slot, True, rows),
             sampled=_set_at(state.sampled, slot, True, rows),
             logprobs=_set_at(state.logprobs, slot, logprob, rows),
-            temperature=_set_at(state.temperature, slot, jnp.where(temperature > 0, temperature, 1.0), rows),
+            temperature=_set_at(state.temperature, slot, sampling.effective_temperature(temperature), rows),
             cursor=jnp.where(rows, slot, state.cursor),
             next_position=jnp.where(rows, position + 1, state.next_position),
             n_sampled=state.n_sampled + rows,

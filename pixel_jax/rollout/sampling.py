@@ -39,8 +39,7 @@ def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) ->
     temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (b,))
     top_p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (b,))
     greedy = temperature <= 0
-    scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]  # [B, V]
-    logprobs_all = jax.nn.log_softmax(scaled, axis=-1)
+    scaled = logits / effective_temperature(temperature)[:, None]  # [B, V]
 
     filtered = scaled
     if top_k:
@@ -56,4 +55,16 @@ def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) ->
 
     sampled = jax.random.categorical(key, filtered, axis=-1)
     tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
-    return tokens, jnp.take_along_axis(logprobs_all, tokens[:, None], axis=-1)[:, 0]
+    return tokens, token_logprob(logits, tokens, temperature)
+
+
+def effective_temperature(temperature: jax.Array) -> jax.Array:
+    """The temperature log-probabilities are taken at: T, or 1 for greedy rows (T = 0)."""
+    return jnp.where(temperature > 0, temperature, 1.0)
+
+
+def token_logprob(logits: jax.Array, tokens: jax.Array, temperature) -> jax.Array:
+    """log softmax(logits [B, V] / T)[tokens [B]] -> [B] (T per row; 0 means greedy, taken at 1)."""
+    temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), tokens.shape)
+    logprobs = jax.nn.log_softmax(logits / effective_temperature(temperature)[:, None], axis=-1)
+    return jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
