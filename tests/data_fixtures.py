@@ -196,8 +196,8 @@ def mvbench(root: pathlib.Path, frame_count: int = 6) -> dict[str, list[bytes]]:
     PIL.Image.fromarray(gif_frames[0]).save(
         gif_path, save_all=True, append_images=[PIL.Image.fromarray(f) for f in gif_frames[1:]])
     (root / "video" / "ssv2_video" / "wave.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    wave = [write_image(root / "video" / "ssv2_video" / "wave" / f"{i:05d}.jpg", 16, 16, seed=50 + i)
-            for i in range(1, 4)]
+    wave_folder = root / "video" / "ssv2_video" / "wave"
+    wave = [write_image(wave_folder / f"{i:05d}.jpg", 16, 16, seed=50 + i) for i in range(1, 4)]
     return {"clip_1": clip, "walk.gif": [encoded(f, "PNG") for f in gif_frames], "wave": wave}
 
 

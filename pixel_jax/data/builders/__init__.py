@@ -9,7 +9,8 @@ infographics_vqa, tallyqa, mvbench, pixel_reasoner_rl, pixel_reasoner_sft. Each 
 says where to get the files and how to lay them out in `manual_dir`.
 """
 
-from pixel_jax.data.builders import hr_bench, infovqa, mvbench, pixel_reasoner, tallyqa, textvqa, vstar
+from pixel_jax.data.builders import (hr_bench, infovqa, mvbench, pixel_reasoner, tallyqa,
+                                     textvqa, vstar)
 from pixel_jax.data.builders.common import BUILDERS, load_source
 
 __all__ = ["BUILDERS", "load_source", "hr_bench", "infovqa", "mvbench", "pixel_reasoner",

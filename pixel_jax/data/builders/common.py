@@ -98,7 +98,7 @@ def find_file(manual_dir: pathlib.Path, patterns: Sequence[str], what: str,
 
 
 def find_dir(manual_dir: pathlib.Path, name: str, what: str) -> pathlib.Path:
-    """The shallowest folder called `name` under manual_dir (manual_dir itself if it is named so)."""
+    """The shallowest folder called `name` under manual_dir (or manual_dir itself if so named)."""
     if manual_dir.name == name:
         return manual_dir
     matches = sorted((p for p in manual_dir.rglob(name) if p.is_dir()),

@@ -104,7 +104,8 @@ def frame_indices(bounds, fps: float, max_frame: int, first_index: int = 0) -> l
 
 
 def _frame_folder(folder: pathlib.Path, bounds, where: str) -> list[bytes]:
-    """Frames `00001.jpg`, `00002.jpg`, ... of a folder at FRAME_FOLDER_FPS (1-based, as MVBench)."""
+    """Frames `00001.jpg`, `00002.jpg`, ... of a folder at FRAME_FOLDER_FPS (1-based, as MVBench)
+    sampled by `frame_indices`."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{where}: frame folder {folder} does not exist")
     count = sum(1 for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
@@ -122,7 +123,8 @@ def _video_file(video: pathlib.Path, bounds, where: str) -> list[bytes]:
     """A GIF decoded with PIL, or the frame folder extracted from a video file (see the class)."""
     if video.suffix.lower() == ".gif" and video.is_file():
         with PIL.Image.open(video) as gif:
-            pictures = [np.asarray(frame.convert("RGB")) for frame in PIL.ImageSequence.Iterator(gif)]
+            pictures = [np.asarray(frame.convert("RGB"))
+                        for frame in PIL.ImageSequence.Iterator(gif)]
         indices = frame_indices(bounds, GIF_FPS, len(pictures) - 1)
         return [common.encode_png(pictures[min(max(i, 0), len(pictures) - 1)]) for i in indices]
     extracted = video.with_suffix("")

@@ -80,7 +80,7 @@ def _rl_rows(path: pathlib.Path) -> Iterator[dict]:
 
 
 def split_choices(question: str) -> tuple[str, list[str]]:
-    """A question with a trailing "choices:\\nA: ...\\nB: ..." block → (question, option texts)."""
+    """A question ending in a "choices:\\nA: ...\\nB: ..." block → (question, option texts)."""
     match = _CHOICES.search(question)
     if not match:
         return question.strip(), []
