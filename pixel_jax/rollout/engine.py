@@ -87,7 +87,7 @@ class RolloutState:
     shown_wh: jax.Array  # [B, I, 2]
     n_shown: jax.Array  # [B]
     forced: jax.Array  # [B, F] int32 teacher-forced response tokens (-1 = sample freely)
-    rng: jax.Array
+    row_keys: jax.Array  # [B] a PRNG key per row: draws do not depend on the batch's other rows
     step: jax.Array  # scalar
 
 
@@ -120,6 +120,7 @@ class Engine:
         [Σ patches, patch_dim] + image_grid_thw [I, 3] of the prompt images in reading order
         (or [B, P0, patch_dim] + [B, 3], one image per row); with tools:
         original [B, Hmax, Wmax, 3] uint8, original_wh [B, 2], view_wh [B, 2] (image 1's shown size).
+        Optional row_ids [B]: the key of row b is fold_in(rng, row_ids[b]) (default: b).
         Optional forced_tokens [B, F] int32: teacher-forced response tokens (the n-th token the
         policy writes is forced_tokens[b, n] unless -1), scored like sampled ones — for replaying
         or scoring given responses through the same program.
@@ -185,7 +186,8 @@ class Engine:
             source_boxes=jnp.zeros((b, i, 4), jnp.float32).at[:, 0, 2:].set(original_wh),
             shown_wh=jnp.ones((b, i, 2), jnp.float32).at[:, 0].set(view_wh), n_shown=jnp.ones((b,), jnp.int32),
             forced=batch.get("forced_tokens", jnp.full((b, 1), -1, jnp.int32)).astype(jnp.int32),
-            rng=rng, step=jnp.int32(0),
+            row_keys=jax.vmap(lambda i: jax.random.fold_in(rng, i))(batch.get("row_ids", jnp.arange(b))),
+            step=jnp.int32(0),
         )
         return self._append_sample(state, logits, state.phase == Phase.GENERATING, advance=jnp.zeros((b,), jnp.int32))
 
@@ -194,14 +196,14 @@ class Engine:
         """Samples a token from logits [B, V] for `rows`, writes it after the cursor + `advance`
         slots, and moves those rows to their next phase."""
         spec = self.spec
-        rng, key = jax.random.split(state.rng)
+        keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
         later = state.n_calls > 0
         temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
         top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
         top_k = max(spec.first_turn.top_k, spec.later_turns.top_k)
         if spec.first_turn.top_k != spec.later_turns.top_k and min(spec.first_turn.top_k, spec.later_turns.top_k):
             raise ValueError("first and later turns must share top_k (it is a static shape)")
-        token, logprob = sampling.sample(logits, key, temperature, top_k, top_p)
+        token, logprob = sampling.sample(logits, keys, temperature, top_k, top_p)
         forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
                                      axis=1)[:, 0]
         forced = jnp.where(state.n_sampled < state.forced.shape[1], forced, -1)
@@ -210,7 +212,6 @@ class Engine:
         slot = state.cursor + advance + 1
         position = state.next_position
         state = state.replace(
-            rng=rng,
             tokens=_set_at(state.tokens, slot, token, rows),
             positions=jax.vmap(lambda pos: _set_at(pos, slot, position, rows))(state.positions),
             slot_valid=_set_at(state.slot_valid, slot, True, rows),
@@ -284,10 +285,12 @@ class Engine:
         crop_embeds = model.encode_vision(crop_patches.reshape(b * n_patches, -1), grid).reshape(b, -1, cfg.hidden_size)
 
         # 3. the chunk [close token | result tokens], its validity and positions.
+        call = jnp.minimum(state.n_calls, self.spec.max_calls - 1)  # 0-based index of this call
         code = jnp.where(rows, result.error, ToolError.OK)
-        chunk = jnp.asarray(tools.chunk_tokens)[code]  # [B, L]
-        chunk_valid = jnp.arange(length)[None] < jnp.asarray(tools.chunk_length)[code][:, None]
-        chunk_pos = state.next_position[None, :, None] + jnp.asarray(tools.chunk_positions)[code].transpose(1, 0, 2)
+        chunk = jnp.asarray(tools.chunk_tokens)[call, code]  # [B, L]
+        chunk_length = jnp.asarray(tools.chunk_length)[call, code]  # [B]
+        chunk_valid = jnp.arange(length)[None] < chunk_length[:, None]
+        chunk_pos = state.next_position[None, :, None] + jnp.asarray(tools.chunk_positions)[call, code].transpose(1, 0, 2)
         close_token = jnp.take_along_axis(state.tokens, state.cursor[:, None], axis=1)
         close_pos = jax.vmap(lambda pos: jnp.take_along_axis(pos, state.cursor[:, None], axis=1))(state.positions)
         ids = jnp.concatenate([close_token, chunk], axis=1)  # [B, 1 + L]
@@ -300,18 +303,17 @@ class Engine:
         causal = jnp.arange(s)[None, None, :] <= slots[:, :, None]  # [B, 1 + L, S]
         hidden, cache = model.decode(model.embed(ids, crop_embeds), positions, slot_valid[:, None, :] & causal,
                                      state.cache, jnp.where(rows, state.cursor, s))
-        last = jnp.asarray(tools.chunk_length)[code]  # index of the last valid chunk token
+        last = chunk_length  # index in [close | chunk] of the last valid chunk token
         logits = model.logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1))[:, 0]
 
         # 4. record the chunk and the call, then sample the first token after it.
-        call = jnp.minimum(state.n_calls, state.call_errors.shape[1] - 1)
         crop_slot = jnp.minimum(state.n_shown - 1, state.crops.shape[1] - 1)
         image_slot = jnp.minimum(state.n_shown, state.source_boxes.shape[1] - 1)
         state = state.replace(
             cache=cache, step=state.step + 1, slot_valid=slot_valid,
             tokens=state.tokens.at[write_rows, drop(slots[:, 1:])].set(chunk, mode="drop"),
             positions=state.positions.at[:, write_rows, drop(slots[:, 1:])].set(chunk_pos, mode="drop"),
-            next_position=jnp.where(rows, state.next_position + jnp.asarray(tools.chunk_advance)[code],
+            next_position=jnp.where(rows, state.next_position + jnp.asarray(tools.chunk_advance)[call, code],
                                     state.next_position),
             n_calls=state.n_calls + rows, n_errors=state.n_errors + (rows & ~ok),
             call_errors=_set_at(state.call_errors, call, result.error, rows),

@@ -33,6 +33,7 @@ class SamplingParams:
 def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) -> tuple[jax.Array, jax.Array]:
     """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
 
+    key: one key, or one per row [B] (then a row's draw does not depend on the other rows).
     temperature, top_p: scalars or [B] (per row); top_k: a static int (0 = off).
     """
     b = logits.shape[0]
@@ -53,7 +54,10 @@ def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) ->
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(b)[:, None], order].set(keep_sorted)
     filtered = jnp.where(keep, filtered, -jnp.inf)
 
-    sampled = jax.random.categorical(key, filtered, axis=-1)
+    if key.ndim:  # a key per row
+        sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, filtered)
+    else:
+        sampled = jax.random.categorical(key, filtered, axis=-1)
     tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
     return tokens, token_logprob(logits, tokens, temperature)
 

@@ -34,11 +34,11 @@ class ToolTables:
     """Everything the engine needs from a tool protocol, as static host data.
 
     open_ids / close_ids: token sequences that open / close a call (matched as a suffix).
-    chunk_tokens [n_codes, L]: the tokens injected after a call, per outcome (row ToolError.OK =
-      the success template with the crop's image pads; other rows = `Execution error: …`).
-    chunk_length [n_codes]: valid prefix of each row; the rest are holes.
-    chunk_positions [n_codes, 3, L]: M-RoPE positions relative to the chunk's first position.
-    chunk_advance [n_codes]: how far the text position moves over the chunk.
+    chunk_tokens [C, n_codes, L]: the tokens injected after call c, per outcome (ToolError.OK =
+      the success text with the crop's image pads; others = the error text); see `chunks.py`.
+    chunk_length [C, n_codes]: valid prefix of each chunk; the rest are holes.
+    chunk_positions [C, n_codes, 3, L]: M-RoPE positions relative to the chunk's first position.
+    chunk_advance [C, n_codes]: how far the text position moves over the chunk.
     """
 
     open_ids: tuple[int, ...]
@@ -55,7 +55,7 @@ class ToolTables:
 
     @property
     def chunk_len(self) -> int:
-        return self.chunk_tokens.shape[1]
+        return self.chunk_tokens.shape[-1]
 
 
 class CropResult(NamedTuple):
