@@ -4,7 +4,8 @@ Einsum letters: B batch, T query length, S key length, N query heads, K key/valu
 G query heads per kv head (N = K·G), H head dim, D model dim, F MLP hidden dim.
 
 Parameters carry logical axis names (`out_sharding` metadata) that `pixel_jax.sharding` maps
-to mesh axes. Outside a mesh context they are plain arrays.
+to mesh axes; activations are constrained with `sharding.constrain` (the identity outside
+`sharding.activation_rules`).
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ def make_param(
         dtype,
         init: str = "normal",
 ) -> nnx.Param:
-    """A parameter with logical axis names; sharded eagerly only inside a mesh context."""
+    """A parameter with logical axis names in its `out_sharding` metadata.
+
+    Created unsharded (flax's eager sharding is off); `pixel_jax.sharding` places parameters by
+    resolving these names with its rules (`create_sharded`, `from_pretrained(mesh=...)`).
+    """
     if init == "ones":
         value = jnp.ones(shape, dtype)
     elif init == "zeros":
         value = jnp.zeros(shape, dtype)
     else:
         value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
-    eager = not jax.sharding.get_abstract_mesh().empty
-    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=eager)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
 class RMSNorm(nnx.Module):

@@ -16,15 +16,16 @@ INDEX_FILE = "model.safetensors.index.json"
 
 @dataclasses.dataclass(frozen=True)
 class LazyTensor:
-    """One tensor of a memory-mapped file; nothing is read until `read()`."""
+    """One tensor of a memory-mapped file; nothing is read until `read(index)`."""
 
     file: Path
     name: str
     shape: tuple[int, ...]
 
-    def read(self) -> np.ndarray:
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The block `index` of the tensor (one slice per leading axis; only that block is read)."""
         with safe_open(self.file, framework="numpy") as f:
-            return f.get_tensor(self.name)
+            return f.get_slice(self.name)[index]
 
 
 def open_folder(path: str | Path) -> dict[str, LazyTensor]:

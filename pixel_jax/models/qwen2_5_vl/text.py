@@ -18,10 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
 KVCache = list[tuple[jax.Array, jax.Array]]  # per layer (k, v), each [B, S, K, H]
+
+# Logical axes of the activations (mapped to mesh axes by `pixel_jax.sharding` rules).
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")  # [B, T, D]
+Q_AXES = ("activation_batch", "activation_length", "activation_heads", None)  # [B, T, N, H]
+KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", None)  # [B, S, K, H]
 
 
 def mrope_cos_sin(positions: jax.Array, config: Qwen2_5_VLConfig) -> tuple[jax.Array, jax.Array]:
@@ -66,14 +72,15 @@ class Attention(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
         cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
-        q = layers.apply_rotary(self.q_proj(x), cos, sin)  # [B, T, N, H]
+        q = sharding.constrain(layers.apply_rotary(self.q_proj(x), cos, sin), Q_AXES)  # [B, T, N, H]
         k = layers.apply_rotary(self.k_proj(x), cos, sin)  # [B, T, K, H]
         v = self.v_proj(x)  # [B, T, K, H]
         if kv is not None:
             k = write_to_cache(kv[0], k, write_index)  # [B, S, K, H]
             v = write_to_cache(kv[1], v, write_index)
+        k, v = sharding.constrain(k, KV_AXES), sharding.constrain(v, KV_AXES)
         out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        return self.o_proj(out), (k, v)
+        return self.o_proj(sharding.constrain(out, Q_AXES)), (k, v)
 
 
 class DecoderLayer(nnx.Module):
@@ -103,7 +110,8 @@ class TextModel(nnx.Module):
         self.norm = layers.RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=config.weight_dtype)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:  # [B, T] -> [B, T, D]
-        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.config.compute_dtype)
+        table = sharding.constrain(self.embed_tokens[...], ("vocab", None))  # [V, D]: whole D (FSDP-gathered)
+        return jnp.take(table, input_ids, axis=0).astype(self.config.compute_dtype)
 
     def __call__(
         self,
@@ -117,9 +125,10 @@ class TextModel(nnx.Module):
         if (cache is None) != (write_index is None):
             raise ValueError("cache and write_index must be given together")
         cos, sin = mrope_cos_sin(positions, self.config)
-        x = embeds
+        x = sharding.constrain(embeds, HIDDEN_AXES)
         new_cache = []
         for i, layer in enumerate(self.layers):
             x, kv = layer(x, cos, sin, mask, None if cache is None else cache[i], write_index)
+            x = sharding.constrain(x, HIDDEN_AXES)
             new_cache.append(kv)
         return self.norm(x), (new_cache if cache is not None else None)

@@ -18,8 +18,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import VisionConfig
+
+# Visual tokens [P/m², O] leave the tower whole along O, ready to be placed into the batch-sharded
+# decoder input (packed over the batch, so not batch-sharded themselves).
+VISUAL_TOKEN_AXES = (None, "activation_embed")
 
 
 class PatchLayout(NamedTuple):
@@ -170,4 +175,4 @@ class VisionTransformer(nnx.Module):
         x = self.patch_embed(pixel_values.astype(self.dtype))  # [P, E]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask)
-        return self.merger(x)
+        return sharding.constrain(self.merger(x), VISUAL_TOKEN_AXES)

@@ -2,7 +2,8 @@
 
 One declarative table maps each of our parameters to its Hugging Face tensor and says how the
 layout differs. Loading memory-maps the safetensors files and builds each leaf directly with
-its target sharding when a mesh is given; export writes a folder that transformers loads.
+its target sharding when a mesh is given, every device reading only the rows (and columns) of
+its own block; export writes a folder that transformers loads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pixel_jax import sharding
 from pixel_jax.models import safetensors_io
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL
@@ -79,10 +81,37 @@ def hf_name(our_path: str) -> tuple[Rule, str]:
     raise KeyError(f"no Hugging Face name is known for parameter {our_path!r}")
 
 
-def to_ours(rule: Rule, hf_array: np.ndarray, our_shape: tuple[int, ...]) -> np.ndarray:
-    if rule.layout == "linear":
-        return hf_array.reshape(hf_array.shape[0], -1).T.reshape(our_shape)
-    return hf_array.reshape(our_shape)
+def read_ours(
+        rule: Rule, tensor: safetensors_io.LazyTensor, our_shape: tuple[int, ...], index: tuple[slice, ...]
+) -> np.ndarray:
+    """Block `index` of our layout of an HF tensor, reading only the HF rows (and columns) it spans.
+
+    "flat" and "linear" arrays are row-major reshapes of the HF array (after the [out, in]
+    transpose), so a block whose leading axis is sliced spans one contiguous range of HF rows.
+    """
+    if rule.layout == "same":
+        return tensor.read(index)
+    if rule.layout == "flat":
+        start, stop, block_shape, rest = _row_range(index, our_shape)
+        return tensor.read((slice(start, stop),)).reshape(block_shape)[rest]
+    in_index, out_index = index[: rule.in_axes], index[rule.in_axes:]
+    in_start, in_stop, in_block, in_rest = _row_range(in_index, our_shape[: rule.in_axes])
+    out_start, out_stop, out_block, out_rest = _row_range(out_index, our_shape[rule.in_axes:])
+    if len(tensor.shape) == 2:  # [out, in]
+        hf = tensor.read((slice(out_start, out_stop), slice(in_start, in_stop)))
+    else:  # the patch embedding's Conv3d [E, C, T, p, p]: its input axes are read whole
+        hf = tensor.read((slice(out_start, out_stop),)).reshape(out_stop - out_start, -1)[:, in_start:in_stop]
+    return hf.T.reshape(in_block + out_block)[in_rest + out_rest]
+
+
+def _row_range(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...], tuple[slice, ...]]:
+    """The flat range [start, stop) of a row-major `shape` that covers the rows of `index`'s first
+    axis, the shape of that range, and the rest of `index` to apply to it."""
+    start, stop, step = index[0].indices(shape[0])
+    if step != 1:
+        raise ValueError(f"strided block {index} cannot be read as a contiguous range")
+    inner = math.prod(shape[1:])
+    return start * inner, stop * inner, (stop - start, *shape[1:]), (slice(None), *index[1:])
 
 
 def to_hf(rule: Rule, ours: np.ndarray, hf_shape: tuple[int, ...]) -> np.ndarray:
@@ -132,7 +161,8 @@ def from_pretrained(
     """Loads a local HF Qwen2.5-VL folder (config.json + model.safetensors or a sharded index).
 
     dtype: parameter dtype. compute_dtype: activation dtype (default: dtype).
-    With a mesh, each leaf is read shard by shard straight onto its devices.
+    With a mesh, each leaf is read block by block straight onto its devices (no full copy on
+    one device first), placed by `sharding_rules` (default `sharding.make_rules()`).
     Missing, unexpected or mis-shaped tensors raise one error listing them all.
     """
     dtype_name = jnp.dtype(dtype).name
@@ -141,7 +171,7 @@ def from_pretrained(
     tensors = safetensors_io.open_folder(path)
     tensors = {_normalise_name(name): array for name, array in tensors.items()}
     params = _flat_params(abstract)
-    shardings = _shardings(abstract, mesh, sharding_rules) if mesh is not None else {}
+    shardings = sharding.param_shardings_by_path(abstract, mesh, sharding_rules) if mesh is not None else {}
 
     missing, wrong_shape, used = [], [], set()
     for our_path, var in params.items():
@@ -166,15 +196,17 @@ def from_pretrained(
 
     def load(our_path: str, var: nnx.Variable) -> jax.Array:
         rule, name = hf_name(our_path)
-        source = tensors[name]
+        blocks: dict[tuple, np.ndarray] = {}  # devices that hold the same block (replicas) read it once
 
-        def read(index=None) -> np.ndarray:
-            full = to_ours(rule, source.read(), var.shape).astype(dtype)
-            return full if index is None else full[index]
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            key = tuple(s.indices(n) for s, n in zip(index, var.shape))
+            if key not in blocks:
+                blocks[key] = read_ours(rule, tensors[name], var.shape, index).astype(dtype)
+            return blocks[key]
 
         if our_path in shardings:
             return jax.make_array_from_callback(var.shape, shardings[our_path], read)
-        return jnp.asarray(read())
+        return jnp.asarray(read((slice(None),) * len(var.shape)))
 
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
@@ -194,12 +226,6 @@ def _normalise_name(name: str) -> str:
     for pattern, replacement in _HF_ALIASES:
         name = pattern.sub(replacement, name)
     return name
-
-
-def _shardings(abstract: Qwen2_5_VL, mesh, rules) -> dict[str, jax.sharding.Sharding]:
-    from pixel_jax import sharding  # the mesh helpers depend on the model, not the other way round
-
-    return sharding.param_shardings_by_path(abstract, mesh, rules)
 
 
 # ------------------------------------------------------------------------- export
