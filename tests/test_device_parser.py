@@ -12,8 +12,9 @@ exponents, long digit strings), extra keys with nested values, repeated keys, te
 calls before the call, and are often damaged (truncated, a character deleted, inserted or replaced,
 markers missing, wrong counts, letters in numbers). A seeded generator writes them, 100x faster than
 composite strategies; a failure prints the offending text. Non-ASCII characters only appear in
-calls shorter than MAX_CHARS: the device counts a character split over byte tokens once per token
-(device_parser's documented difference), which only matters where the window starts.
+calls of at most MAX_CHARS bytes, read whole by both parsers: the device counts a character split
+over byte tokens once per token (device_parser's documented difference), which only matters where
+the window starts.
 """
 
 import random
@@ -195,8 +196,8 @@ class CallWriter:
         """prefix + open marker + body + close marker, any part possibly damaged."""
         body = self.hermes_body if protocol.name == "hermes" else self.groundlight_body
         text = protocol.call_open + self.mutated(body()) + protocol.call_close
-        if not self.ascii_only:
-            return text
+        if not self.ascii_only:  # bytes bound the device's characters: both parsers read it all
+            return text if len(text.encode()) <= MAX_CHARS else self.call(protocol)
         prefix = self.rng.choice(PREFIXES)
         if self.chance(0.2):  # an earlier call: the last one must win
             prefix += protocol.call_open + body() + protocol.call_close + " Now again: "
