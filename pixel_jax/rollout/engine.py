@@ -74,7 +74,6 @@ class RolloutState:
     cursor: jax.Array  # [B] slot of the newest token (sampled, not yet forwarded)
     next_position: jax.Array  # [B] M-RoPE text position of the next slot written
     n_sampled: jax.Array  # [B]
-    call_start: jax.Array  # [B] first slot of the current call's arguments
     phase: jax.Array  # [B] Phase
     finish: jax.Array  # [B] FinishReason
     n_calls: jax.Array  # [B]
@@ -178,7 +177,7 @@ class Engine:
             sampled=jnp.zeros((b, s), bool), logprobs=jnp.zeros((b, s), jnp.float32),
             temperature=jnp.zeros((b, s), jnp.float32), cursor=jnp.full((b,), p - 1, jnp.int32),
             next_position=(deltas[:, 0] + mask.sum(1)).astype(jnp.int32), n_sampled=jnp.zeros((b,), jnp.int32),
-            call_start=jnp.zeros((b,), jnp.int32), phase=jnp.full((b,), Phase.GENERATING, jnp.int32),
+            phase=jnp.full((b,), Phase.GENERATING, jnp.int32),
             finish=jnp.zeros((b,), jnp.int32), n_calls=jnp.zeros((b,), jnp.int32),
             n_errors=jnp.zeros((b,), jnp.int32), call_errors=jnp.zeros((b, c), jnp.int32),
             call_boxes=jnp.zeros((b, c, 4), jnp.float32), call_targets=jnp.zeros((b, c), jnp.int32),
@@ -230,22 +229,18 @@ class Engine:
         out_of_tokens = (state.n_sampled >= spec.max_new_tokens) | (state.cursor + 1 >= s)
         finish = jnp.where(stop, FinishReason.STOP, jnp.where(out_of_tokens, FinishReason.LENGTH, FinishReason.RUNNING))
         phase = jnp.where(finish != FinishReason.RUNNING, Phase.DONE, Phase.GENERATING)
-        call_start = state.call_start
         if spec.tools is not None:
             tools = spec.tools
-            opened = _ends_with(state.tokens, state.cursor, tools.open_ids)
-            call_start = jnp.where(rows & opened, state.cursor + 1, call_start)
             closed = _ends_with(state.tokens, state.cursor, tools.close_ids) & ~stop
             no_room = state.cursor + 1 + tools.chunk_len >= s
             too_many = state.n_calls >= spec.max_calls
             finish = jnp.where(closed & too_many, FinishReason.TOO_MANY_CALLS,
                                jnp.where(closed & no_room, FinishReason.NO_ROOM_FOR_RESULT, finish))
-            phase = jnp.where(closed & ~too_many & ~no_room, Phase.PENDING_TOOL,
+            phase = jnp.where(closed & ~too_many & ~no_room & ~out_of_tokens, Phase.PENDING_TOOL,
                               jnp.where(finish != FinishReason.RUNNING, Phase.DONE, Phase.GENERATING))
         return state.replace(
             phase=jnp.where(rows, phase, state.phase),
             finish=jnp.where(rows, finish, state.finish),
-            call_start=call_start,
         )
 
     # ------------------------------------------------------------------ decode
@@ -267,19 +262,17 @@ class Engine:
         b, s = state.tokens.shape
         length = tools.chunk_len
 
-        # 1. parse and execute every pending row's call.
-        call_len = state.cursor - len(tools.close_ids) + 1 - state.call_start
-        call_tokens = jax.vmap(lambda t, start: jax.lax.dynamic_slice(t, (start,), (tools.max_call_tokens,)))(
-            jnp.pad(state.tokens, ((0, 0), (0, tools.max_call_tokens))), state.call_start)
-        parsed = jax.vmap(tools.parse)(call_tokens, jnp.clip(call_len, 0, tools.max_call_tokens))
-        parsed = parsed._replace(error=jnp.where(call_len > tools.max_call_tokens, ToolError.MALFORMED_CALL,
-                                                 parsed.error))
+        # 1. parse and execute every pending row's call (the parser reads the window ending at it).
+        start = jnp.maximum(state.cursor + 1 - tools.window, 0)
+        window = jax.vmap(lambda t, i: jax.lax.dynamic_slice(t, (i,), (tools.window,)))(
+            jnp.pad(state.tokens, ((0, 0), (0, tools.window))), start)
+        parsed = tools.parse.parse_batch(window, state.cursor + 1 - start)
         result = jax.vmap(lambda *a: execute_crop(tools, *a))(
             parsed, batch["original"], batch["original_wh"], state.source_boxes, state.shown_wh, state.n_shown)
         ok = rows & (result.error == ToolError.OK)
 
         # 2. the vision tower on every row's crop (rows without a new image are ignored later).
-        crop_patches = jax.vmap(image_processing.to_pixel_values)(result.pixels.astype(jnp.float32))
+        crop_patches = jax.vmap(image_processing.to_pixel_values)(result.pixels[:, None].astype(jnp.float32))
         n_patches = crop_patches.shape[1]
         grid = jnp.tile(jnp.array([[1, tools.crop_hw[0] // 14, tools.crop_hw[1] // 14]]), (b, 1))
         crop_embeds = model.encode_vision(crop_patches.reshape(b * n_patches, -1), grid).reshape(b, -1, cfg.hidden_size)

@@ -9,31 +9,27 @@ Any failure is a `ToolError` code; the engine injects the matching error text in
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from pixel_jax.processing.tokenizer import Tokenizer
+from pixel_jax.rollout.chunks import build_chunks
 from pixel_jax.tools import crop as crop_ops
 from pixel_jax.tools.errors import ToolError, first_error
-
-
-class ParsedCall(NamedTuple):
-    """What an on-device parser returns for one call (all jnp scalars / fixed-size arrays)."""
-
-    tool: jax.Array  # int32 tool id of the protocol (`ToolTables.crop_tool_id` = a zoom/crop)
-    numbers: jax.Array  # [K] float32 the box / keypoint / frame numbers, padded
-    n_numbers: jax.Array  # int32 how many of `numbers` were given
-    target_image: jax.Array  # int32 1-based target image (1 when the protocol has none)
-    error: jax.Array  # int32 ToolError of parsing (OK when well formed)
+from pixel_jax.tools.protocols import ToolId, ToolProtocol
+from pixel_jax.tools.protocols.device_parser import CallParser, ParsedCall
 
 
 @dataclasses.dataclass(frozen=True)
 class ToolTables:
     """Everything the engine needs from a tool protocol, as static host data.
 
-    open_ids / close_ids: token sequences that open / close a call (matched as a suffix).
+    close_ids: the token sequence that closes a call (matched as a suffix of the sampled tokens).
+    parse: the protocol's on-device parser, reading the call that a token window ends with.
     chunk_tokens [C, n_codes, L]: the tokens injected after call c, per outcome (ToolError.OK =
       the success text with the crop's image pads; others = the error text); see `chunks.py`.
     chunk_length [C, n_codes]: valid prefix of each chunk; the rest are holes.
@@ -41,17 +37,35 @@ class ToolTables:
     chunk_advance [C, n_codes]: how far the text position moves over the chunk.
     """
 
-    open_ids: tuple[int, ...]
     close_ids: tuple[int, ...]
-    parse: Callable[[jax.Array, jax.Array], ParsedCall]  # (tokens [Lcall], length) -> ParsedCall
-    max_call_tokens: int
-    box_semantics: str  # "pixel_reasoner" (bbox_2d + target_image) or "groundlight" (keypoint)
-    crop_tool_id: int
+    parse: CallParser
+    window: int  # tokens handed to the parser (ending with the close marker)
+    crop_tool: ToolId  # the protocol's zoom operation (CROP_IMAGE or ZOOM)
     crop_hw: tuple[int, int]
     chunk_tokens: np.ndarray
     chunk_length: np.ndarray
     chunk_positions: np.ndarray
     chunk_advance: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        protocol: ToolProtocol,
+        tok: Tokenizer,
+        config: Qwen2_5_VLConfig,
+        *,
+        crop_hw: tuple[int, int],
+        max_calls: int,
+        window: int = 96,
+    ) -> "ToolTables":
+        if ToolId.SELECT_FRAMES in protocol.tools and ToolId.CROP_IMAGE not in protocol.tools:
+            raise ValueError(f"protocol {protocol.name!r} has no zoom operation for image rollouts")
+        return cls(
+            close_ids=protocol.call_close_ids(tok),
+            parse=CallParser.build(protocol, tok, max_chars=8 * window), window=window,
+            crop_tool=ToolId.CROP_IMAGE if ToolId.CROP_IMAGE in protocol.tools else ToolId.ZOOM,
+            crop_hw=tuple(crop_hw), **build_chunks(tok, config, protocol, crop_hw, max_calls),
+        )
 
     @property
     def chunk_len(self) -> int:
@@ -75,22 +89,22 @@ def execute_crop(
     n_shown: jax.Array,  # int32 images shown so far
 ) -> CropResult:
     """One row's zoom: parse result + images so far -> the new image or an error code."""
-    if tables.box_semantics == "pixel_reasoner":
+    if tables.crop_tool == ToolId.CROP_IMAGE:  # Pixel Reasoner: bbox_2d on any image shown so far
         target = parsed.target_image
         arity, arity_error = 4, ToolError.BOX_NOT_FOUR_NUMBERS
-    else:  # groundlight zooms on the input image with a keypoint
+    else:  # Groundlight: a keypoint on the input image
         target = jnp.int32(1)
         arity, arity_error = 2, ToolError.KEYPOINT_NOT_TWO_NUMBERS
     source_box, target_wh, target_error = crop_ops.select_target(source_boxes, shown_wh, n_shown, target)
     numbers = parsed.numbers[:arity]
-    if tables.box_semantics == "pixel_reasoner":
+    if tables.crop_tool == ToolId.CROP_IMAGE:
         box, box_error = crop_ops.pixel_reasoner_box(numbers, target_wh)
     else:
         box, box_error = crop_ops.groundlight_zoom_box(numbers, target_wh)
     error = first_error(
         (parsed.error != ToolError.OK, parsed.error),
-        (parsed.tool != tables.crop_tool_id, ToolError.UNKNOWN_TOOL),
-        (parsed.n_numbers != arity, arity_error),
+        (parsed.tool != tables.crop_tool, ToolError.UNKNOWN_TOOL),
+        (parsed.count != arity, arity_error),
         (target_error != ToolError.OK, target_error),
         (box_error != ToolError.OK, box_error),
     )
