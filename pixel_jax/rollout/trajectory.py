@@ -71,6 +71,18 @@ def token_logprobs(
     token was sampled with. prompt_pixel_values [B, P0, patch_dim] with grids [B, 3] is the prompt
     image of every row (as given to the rollout); crops are re-patchified from their uint8 pixels.
     """
+    return token_logprobs_and_entropy(model, trajectory, prompt_pixel_values, prompt_grid_thw)[0]
+
+
+def token_logprobs_and_entropy(
+    model: Qwen2_5_VL,
+    trajectory: Trajectory,
+    prompt_pixel_values: jax.Array | None = None,
+    prompt_grid_thw: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs` and the entropy H_s = −Σ_v π_θ(v | ·) log π_θ(v | ·) of the (tempered)
+    distribution each slot's token was drawn from: two [B, S] float32, one forward pass (under jit,
+    the entropy costs nothing when unused)."""
     cfg = model.config
     b, s = trajectory.tokens.shape
     in_prompt = jnp.arange(s)[None] < trajectory.prompt_len
@@ -82,7 +94,7 @@ def token_logprobs(
     crops = trajectory.crops
     if crops.shape[2] > 1:  # the rollout had tools (a real crop grid): each row's crops in order
         c, h, w = crops.shape[1:4]
-        patches = jax.vmap(image_processing.to_pixel_values)(crops.reshape(b * c, h, w, 3).astype(jnp.float32))
+        patches = jax.vmap(image_processing.to_pixel_values)(crops.reshape(b * c, 1, h, w, 3).astype(jnp.float32))
         grid = jnp.tile(jnp.array([[1, h // 14, w // 14]]), (b * c, 1))
         crop_embeds = model.encode_vision(patches.reshape(-1, patches.shape[-1]), grid).reshape(b, -1, cfg.hidden_size)
         response_ids = jnp.where(in_prompt, -1, trajectory.tokens)
@@ -92,5 +104,6 @@ def token_logprobs(
     source = previous_valid_slot(trajectory.slot_valid)  # [B, S]
     hidden = jnp.take_along_axis(hidden, source[..., None], axis=1)  # [B, S, D] the predicting slot
     logits = model.logits(hidden) / trajectory.temperature[..., None]
-    logprobs = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logprobs, trajectory.tokens[..., None], axis=-1)[..., 0]
+    logprobs = jax.nn.log_softmax(logits, axis=-1)  # [B, S, V]
+    chosen = jnp.take_along_axis(logprobs, trajectory.tokens[..., None], axis=-1)[..., 0]
+    return chosen, -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)
