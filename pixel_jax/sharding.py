@@ -55,6 +55,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "vit_mlp": "tensor",
     # activations
     "activation_batch": ("data", "fsdp"),
+    "activation_patches": ("data", "fsdp"),  # the vision tower's packed patches [P, E]
     "activation_length": None,
     "activation_embed": None,
     "activation_heads": "tensor",
@@ -230,6 +231,21 @@ def optimizer_shardings(
 def batch_shardings(batch_axes: Mapping[str, LogicalAxes], mesh: Mesh, rules: Rules) -> dict[str, NamedSharding]:
     """One NamedSharding per batch field from its logical axes (e.g. input_ids: activation_batch, _length)."""
     return {key: logical_sharding(axes, mesh, rules) for key, axes in batch_axes.items()}
+
+
+def process_rows(batch_sharding: NamedSharding, global_rows: int) -> slice:
+    """The rows of a global batch (axis 0) that this process loads and passes to `global_batch`.
+
+    Rows follow the mesh: the process owns the rows its devices hold (all of them when the batch
+    is replicated across processes).
+    """
+    rows = NamedSharding(batch_sharding.mesh, PartitionSpec(*batch_sharding.spec[:1]))
+    blocks = {index[0].indices(global_rows)[:2] for index in rows.addressable_devices_indices_map((global_rows,)).values()}
+    start, stop = min(b[0] for b in blocks), max(b[1] for b in blocks)
+    if sum(b[1] - b[0] for b in blocks) != stop - start:
+        raise ValueError(f"the rows of process {jax.process_index()} are not contiguous ({sorted(blocks)}); "
+                         "order the mesh so that each process holds one range of the batch axis")
+    return slice(start, stop)
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict[str, jax.Array]:

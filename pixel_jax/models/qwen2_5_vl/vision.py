@@ -22,8 +22,10 @@ from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import VisionConfig
 
-# Visual tokens [P/m², O] leave the tower whole along O, ready to be placed into the batch-sharded
-# decoder input (packed over the batch, so not batch-sharded themselves).
+# Patches [P, E] are split over the data-parallel devices like a batch (each device attends from
+# its patches to all keys); the merged visual tokens [P/m², O] are gathered whole, ready to be
+# placed into the batch-sharded decoder input.
+PATCH_AXES = ("activation_patches", "activation_embed")
 VISUAL_TOKEN_AXES = (None, "activation_embed")
 
 
@@ -140,7 +142,7 @@ class PatchMerger(nnx.Module):
                                  bias_axes=("embed",), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.ln_q(x).reshape(-1, self.merged_width)  # [P/m², m²·E]
+        x = sharding.constrain(self.ln_q(x).reshape(-1, self.merged_width), PATCH_AXES)  # [P/m², m²·E]
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))  # [P/m², O]
 
 
@@ -172,7 +174,8 @@ class VisionTransformer(nnx.Module):
         layout = patch_layout(grid_thw, num_patches, self.config)
         cos, sin = vision_rotary(layout, self.config)
         full_mask, window_mask = layout.full_attention_mask(), layout.window_attention_mask()
-        x = self.patch_embed(pixel_values.astype(self.dtype))  # [P, E]
+        x = sharding.constrain(self.patch_embed(pixel_values.astype(self.dtype)), PATCH_AXES)  # [P, E]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask)
+            x = sharding.constrain(x, PATCH_AXES)
         return sharding.constrain(self.merger(x), VISUAL_TOKEN_AXES)
