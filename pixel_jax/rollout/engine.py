@@ -26,10 +26,11 @@ from flax import nnx, struct
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, causal_padding_mask
 from pixel_jax.models.qwen2_5_vl.rope_index import get_rope_index
 from pixel_jax.processing import image as image_processing
-from pixel_jax.rollout import sampling
-from pixel_jax.rollout.tool_step import ToolTables, execute_crop
+from pixel_jax.rollout import chunks, sampling
+from pixel_jax.rollout.tool_step import ToolTables, execute_crop, execute_frames
 from pixel_jax.rollout.trajectory import Trajectory
 from pixel_jax.tools.errors import ToolError
+from pixel_jax.tools.protocols import ToolId
 
 
 class Phase(enum.IntEnum):
@@ -79,9 +80,10 @@ class RolloutState:
     n_calls: jax.Array  # [B]
     n_errors: jax.Array  # [B]
     call_errors: jax.Array  # [B, C] ToolError per call
-    call_boxes: jax.Array  # [B, C, 4] requested box (target frame) per call
+    call_boxes: jax.Array  # [B, C, 4] requested box (target image's frame) per zoom call
     call_targets: jax.Array  # [B, C] 1-based target image per call
-    crops: jax.Array  # [B, C, h, w, 3] uint8 images shown after successful calls
+    call_frames: jax.Array  # [B, C, K] 1-based frames each select_frames call asked for (0 = none)
+    images: jax.Array  # [B, C·K, h, w, 3] uint8 images shown after successful calls, in order
     source_boxes: jax.Array  # [B, I, 4] region of each shown image in original pixels
     shown_wh: jax.Array  # [B, I, 2]
     n_shown: jax.Array  # [B]
@@ -94,6 +96,13 @@ def _set_at(array: jax.Array, slot: jax.Array, value: jax.Array, write: jax.Arra
     """array [B, S, ...] with value [B, ...] at array[b, slot[b]] where write[b]."""
     rows = jnp.arange(array.shape[0])
     return array.at[rows, jnp.where(write, slot, array.shape[1])].set(value, mode="drop")
+
+
+def _encode(model, pixel_values, grid):
+    """Prompt images/videos: [Σ patches, patch_dim] or [B, P0, patch_dim] (both in reading order)."""
+    if pixel_values is None:
+        return None
+    return model.encode_vision(pixel_values.reshape(-1, pixel_values.shape[-1]), grid)
 
 
 def _ends_with(tokens: jax.Array, cursor: jax.Array, sequence: tuple[int, ...]) -> jax.Array:
@@ -118,7 +127,9 @@ class Engine:
         """batch: input_ids [B, P] (left-padded), attention_mask [B, P]; optional pixel_values
         [Σ patches, patch_dim] + image_grid_thw [I, 3] of the prompt images in reading order
         (or [B, P0, patch_dim] + [B, 3], one image per row); with tools:
-        original [B, Hmax, Wmax, 3] uint8, original_wh [B, 2], view_wh [B, 2] (image 1's shown size).
+        original [B, Hmax, Wmax, 3] uint8, original_wh [B, 2], view_wh [B, 2] (image 1's shown size);
+        videos: pixel_values_videos + video_grid_thw (+ second_per_grid_ts) in the prompt, and for
+        select_frames frames [B, F, h, w, 3] uint8 at the shown frame size with n_frames [B].
         Optional row_ids [B]: the key of row b is fold_in(rng, row_ids[b]) (default: b).
         Optional forced_tokens [B, F] int32: teacher-forced response tokens (the n-th token the
         policy writes is forced_tokens[b, n] unless -1), scored like sampled ones — for replaying
@@ -153,23 +164,22 @@ class Engine:
         ids, mask = batch["input_ids"].astype(jnp.int32), batch["attention_mask"].astype(bool)
         b, p = ids.shape
         s = spec.cache_slots(p)
-        pixel_values, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
-        image_embeds = None
-        if pixel_values is not None:  # [Σ patches, patch_dim] or [B, P0, patch_dim]: both in reading order
-            image_embeds = model.encode_vision(pixel_values.reshape(-1, pixel_values.shape[-1]), grid)
-        positions, deltas = get_rope_index(cfg, ids, mask, grid)
+        grid, video_grid = batch.get("image_grid_thw"), batch.get("video_grid_thw")
+        image_embeds = _encode(model, batch.get("pixel_values"), grid)
+        video_embeds = _encode(model, batch.get("pixel_values_videos"), video_grid)
+        positions, deltas = get_rope_index(cfg, ids, mask, grid, video_grid, batch.get("second_per_grid_ts"))
         cache = [
             (jnp.zeros((b, s, cfg.num_key_value_heads, cfg.head_dim), cfg.compute_dtype),) * 2
             for _ in range(cfg.num_hidden_layers)
         ]
         prompt_mask = jnp.pad(causal_padding_mask(mask), ((0, 0), (0, 0), (0, s - p)))  # [B, P, S]
-        hidden, cache = model.decode(model.embed(ids, image_embeds), positions, prompt_mask, cache,
+        hidden, cache = model.decode(model.embed(ids, image_embeds, video_embeds), positions, prompt_mask, cache,
                                      jnp.zeros((b,), jnp.int32))
         logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V] (left padding: the last slot is real)
 
         pad = lambda x, value: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, s - p)], constant_values=value)
         c, i = max(spec.max_calls, 1), spec.max_calls + 1
-        crop_h, crop_w = spec.tools.crop_hw if spec.tools is not None else (1, 1)
+        per_call, (h, w) = (spec.tools.images_per_call, spec.tools.image_hw) if spec.tools else (1, (1, 1))
         view_wh = batch.get("view_wh", jnp.ones((b, 2), jnp.int32)).astype(jnp.float32)
         original_wh = batch.get("original_wh", jnp.ones((b, 2), jnp.int32)).astype(jnp.float32)
         state = RolloutState(
@@ -181,7 +191,7 @@ class Engine:
             finish=jnp.zeros((b,), jnp.int32), n_calls=jnp.zeros((b,), jnp.int32),
             n_errors=jnp.zeros((b,), jnp.int32), call_errors=jnp.zeros((b, c), jnp.int32),
             call_boxes=jnp.zeros((b, c, 4), jnp.float32), call_targets=jnp.zeros((b, c), jnp.int32),
-            crops=jnp.zeros((b, c, crop_h, crop_w, 3), jnp.uint8),
+            call_frames=jnp.zeros((b, c, per_call), jnp.int32), images=jnp.zeros((b, c * per_call, h, w, 3), jnp.uint8),
             source_boxes=jnp.zeros((b, i, 4), jnp.float32).at[:, 0, 2:].set(original_wh),
             shown_wh=jnp.ones((b, i, 2), jnp.float32).at[:, 0].set(view_wh), n_shown=jnp.ones((b,), jnp.int32),
             forced=batch.get("forced_tokens", jnp.full((b, 1), -1, jnp.int32)).astype(jnp.int32),
@@ -260,30 +270,38 @@ class Engine:
         tools, cfg = self.spec.tools, self.config
         rows = state.phase == Phase.PENDING_TOOL
         b, s = state.tokens.shape
-        length = tools.chunk_len
+        length, per_call = tools.chunk_len, tools.images_per_call
+        h, w = tools.image_hw
 
         # 1. parse and execute every pending row's call (the parser reads the window ending at it).
         start = jnp.maximum(state.cursor + 1 - tools.window, 0)
         window = jax.vmap(lambda t, i: jax.lax.dynamic_slice(t, (i,), (tools.window,)))(
             jnp.pad(state.tokens, ((0, 0), (0, tools.window))), start)
         parsed = tools.parse.parse_batch(window, state.cursor + 1 - start)
-        result = jax.vmap(lambda *a: execute_crop(tools, *a))(
-            parsed, batch["original"], batch["original_wh"], state.source_boxes, state.shown_wh, state.n_shown)
+        if tools.tool == ToolId.SELECT_FRAMES:
+            result = jax.vmap(lambda *a: execute_frames(tools, *a))(parsed, batch["frames"], batch["n_frames"])
+            images, count = result.images, result.count  # [B, K, h, w, 3], [B]
+        else:
+            result = jax.vmap(lambda *a: execute_crop(tools, *a))(
+                parsed, batch["original"], batch["original_wh"], state.source_boxes, state.shown_wh, state.n_shown)
+            images, count = result.pixels[:, None], (result.error == ToolError.OK).astype(jnp.int32)
         ok = rows & (result.error == ToolError.OK)
+        count = jnp.where(ok, count, 0)
 
-        # 2. the vision tower on every row's crop (rows without a new image are ignored later).
-        crop_patches = jax.vmap(image_processing.to_pixel_values)(result.pixels[:, None].astype(jnp.float32))
-        n_patches = crop_patches.shape[1]
-        grid = jnp.tile(jnp.array([[1, tools.crop_hw[0] // 14, tools.crop_hw[1] // 14]]), (b, 1))
-        crop_embeds = model.encode_vision(crop_patches.reshape(b * n_patches, -1), grid).reshape(b, -1, cfg.hidden_size)
+        # 2. the vision tower on every new image (those of rows without one are never placed).
+        patches = jax.vmap(image_processing.to_pixel_values)(images.reshape(b * per_call, 1, h, w, 3).astype(jnp.float32))
+        grid = jnp.tile(jnp.array([[1, h // 14, w // 14]]), (b * per_call, 1))
+        image_embeds = model.encode_vision(patches.reshape(-1, patches.shape[-1]), grid).reshape(b, -1, cfg.hidden_size)
 
         # 3. the chunk [close token | result tokens], its validity and positions.
         call = jnp.minimum(state.n_calls, self.spec.max_calls - 1)  # 0-based index of this call
-        code = jnp.where(rows, result.error, ToolError.OK)
-        chunk = jnp.asarray(tools.chunk_tokens)[call, code]  # [B, L]
-        chunk_length = jnp.asarray(tools.chunk_length)[call, code]  # [B]
+        shown = jnp.minimum(state.n_shown - 1, tools.chunk_tokens.shape[1] - 1)
+        outcome = jnp.where(ok, chunks.success_outcome(count), jnp.where(rows, result.error, ToolError.OK))
+        chunk = jnp.asarray(tools.chunk_tokens)[call, shown, outcome]  # [B, L]
+        chunk_length = jnp.asarray(tools.chunk_length)[call, shown, outcome]  # [B]
         chunk_valid = jnp.arange(length)[None] < chunk_length[:, None]
-        chunk_pos = state.next_position[None, :, None] + jnp.asarray(tools.chunk_positions)[call, code].transpose(1, 0, 2)
+        relative = jnp.asarray(tools.chunk_positions)[call, shown, outcome]  # [B, 3, L]
+        chunk_pos = state.next_position[None, :, None] + relative.transpose(1, 0, 2)  # [3, B, L]
         close_token = jnp.take_along_axis(state.tokens, state.cursor[:, None], axis=1)
         close_pos = jax.vmap(lambda pos: jnp.take_along_axis(pos, state.cursor[:, None], axis=1))(state.positions)
         ids = jnp.concatenate([close_token, chunk], axis=1)  # [B, 1 + L]
@@ -294,27 +312,35 @@ class Engine:
         drop = lambda x: jnp.where(rows[:, None], x, s)
         slot_valid = state.slot_valid.at[write_rows, drop(slots)].set(written, mode="drop")
         causal = jnp.arange(s)[None, None, :] <= slots[:, :, None]  # [B, 1 + L, S]
-        hidden, cache = model.decode(model.embed(ids, crop_embeds), positions, slot_valid[:, None, :] & causal,
+        hidden, cache = model.decode(model.embed(ids, image_embeds), positions, slot_valid[:, None, :] & causal,
                                      state.cache, jnp.where(rows, state.cursor, s))
         last = chunk_length  # index in [close | chunk] of the last valid chunk token
         logits = model.logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1))[:, 0]
 
-        # 4. record the chunk and the call, then sample the first token after it.
-        crop_slot = jnp.minimum(state.n_shown - 1, state.crops.shape[1] - 1)
-        image_slot = jnp.minimum(state.n_shown, state.source_boxes.shape[1] - 1)
+        # 4. record the chunk, the call and the images, then sample the first token after it.
+        first_image = state.n_shown - 1  # response images stored so far
+        image_slots = first_image[:, None] + jnp.arange(per_call)[None]  # [B, K]
+        keep = ok[:, None] & (jnp.arange(per_call)[None] < count[:, None])
         state = state.replace(
             cache=cache, step=state.step + 1, slot_valid=slot_valid,
             tokens=state.tokens.at[write_rows, drop(slots[:, 1:])].set(chunk, mode="drop"),
             positions=state.positions.at[:, write_rows, drop(slots[:, 1:])].set(chunk_pos, mode="drop"),
-            next_position=jnp.where(rows, state.next_position + jnp.asarray(tools.chunk_advance)[call, code],
+            next_position=jnp.where(rows, state.next_position + jnp.asarray(tools.chunk_advance)[call, shown, outcome],
                                     state.next_position),
             n_calls=state.n_calls + rows, n_errors=state.n_errors + (rows & ~ok),
             call_errors=_set_at(state.call_errors, call, result.error, rows),
-            call_boxes=_set_at(state.call_boxes, call, result.box, rows),
             call_targets=_set_at(state.call_targets, call, parsed.target_image, rows),
-            crops=_set_at(state.crops, crop_slot, result.pixels, ok),
-            source_boxes=_set_at(state.source_boxes, image_slot, result.source_box, ok),
-            shown_wh=_set_at(state.shown_wh, image_slot, jnp.array(tools.crop_hw[::-1], jnp.float32), ok),
-            n_shown=state.n_shown + ok,
+            images=state.images.at[write_rows, jnp.where(keep, image_slots, state.images.shape[1])].set(
+                images, mode="drop"),
+            n_shown=state.n_shown + count,
+        )
+        if tools.tool == ToolId.SELECT_FRAMES:
+            return self._append_sample(state.replace(call_frames=_set_at(state.call_frames, call, result.frames, rows)),
+                                       logits, rows, advance=jnp.full((b,), length, jnp.int32))
+        new_image = jnp.minimum(state.n_shown - 1, state.source_boxes.shape[1] - 1)
+        state = state.replace(
+            call_boxes=_set_at(state.call_boxes, call, result.box, rows),
+            source_boxes=_set_at(state.source_boxes, new_image, result.source_box, ok),
+            shown_wh=_set_at(state.shown_wh, new_image, jnp.array([w, h], jnp.float32), ok),
         )
         return self._append_sample(state, logits, rows, advance=jnp.full((b,), length, jnp.int32))

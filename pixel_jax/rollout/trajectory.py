@@ -23,8 +23,8 @@ class Trajectory:
     loss_mask: jax.Array  # [B, S] bool: 1 only on tokens the policy sampled
     logprobs: jax.Array  # [B, S] float32 log π_old(token | prefix), 0 where not sampled
     temperature: jax.Array  # [B, S] float32 temperature of each sampled token (1 elsewhere)
-    crops: jax.Array  # [B, C, h, w, 3] uint8 images shown after successful calls, in order
-    n_crops: jax.Array  # [B]
+    crops: jax.Array  # [B, C·K, h, w, 3] uint8 images shown after successful calls (crops or frames)
+    n_crops: jax.Array  # [B] how many of them
     n_calls: jax.Array  # [B] attempted visual operations
     n_errors: jax.Array  # [B] failed ones
     call_errors: jax.Array  # [B, C] ToolError per call
@@ -33,15 +33,17 @@ class Trajectory:
     finish: jax.Array  # [B] FinishReason
     response_length: jax.Array  # [B] sampled tokens
     prompt_len: int = struct.field(pytree_node=False)
+    call_frames: jax.Array | None = None  # [B, C, K] frames asked for per select_frames call
 
     @classmethod
     def from_state(cls, state, prompt_len: int) -> "Trajectory":
         return cls(
             tokens=state.tokens, positions=state.positions, slot_valid=state.slot_valid, loss_mask=state.sampled,
             logprobs=state.logprobs, temperature=jnp.where(state.sampled, state.temperature, 1.0),
-            crops=state.crops, n_crops=state.n_shown - 1, n_calls=state.n_calls, n_errors=state.n_errors,
+            crops=state.images, n_crops=state.n_shown - 1, n_calls=state.n_calls, n_errors=state.n_errors,
             call_errors=state.call_errors, call_boxes=state.call_boxes, call_targets=state.call_targets,
             finish=state.finish, response_length=state.n_sampled, prompt_len=prompt_len,
+            call_frames=state.call_frames,
         )
 
     @property
@@ -64,14 +66,19 @@ def token_logprobs(
     trajectory: Trajectory,
     prompt_pixel_values: jax.Array | None = None,
     prompt_grid_thw: jax.Array | None = None,
+    prompt_video_values: jax.Array | None = None,
+    prompt_video_grid_thw: jax.Array | None = None,
 ) -> jax.Array:
     """log π_θ(token_s | slots before s) / T_s for every slot: [B, S] float32.
 
     The logits of slot s predict the next VALID slot (holes are skipped), at the temperature the
-    token was sampled with. prompt_pixel_values [B, P0, patch_dim] with grids [B, 3] is the prompt
-    image of every row (as given to the rollout); crops are re-patchified from their uint8 pixels.
+    token was sampled with. prompt_pixel_values / prompt_video_values with their grids are the
+    prompt images / videos as given to the rollout; the images shown after calls are re-patchified
+    from their stored uint8 pixels.
     """
-    return token_logprobs_and_entropy(model, trajectory, prompt_pixel_values, prompt_grid_thw)[0]
+    return token_logprobs_and_entropy(
+        model, trajectory, prompt_pixel_values, prompt_grid_thw, prompt_video_values, prompt_video_grid_thw
+    )[0]
 
 
 def token_logprobs_and_entropy(
@@ -79,6 +86,8 @@ def token_logprobs_and_entropy(
     trajectory: Trajectory,
     prompt_pixel_values: jax.Array | None = None,
     prompt_grid_thw: jax.Array | None = None,
+    prompt_video_values: jax.Array | None = None,
+    prompt_video_grid_thw: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`token_logprobs` and the entropy H_s = −Σ_v π_θ(v | ·) log π_θ(v | ·) of the (tempered)
     distribution each slot's token was drawn from: two [B, S] float32, one forward pass (under jit,
@@ -87,10 +96,12 @@ def token_logprobs_and_entropy(
     b, s = trajectory.tokens.shape
     in_prompt = jnp.arange(s)[None] < trajectory.prompt_len
     embeds = model.language_model.embed(trajectory.tokens)
-    if prompt_pixel_values is not None:  # reading order over the batch, as given to the rollout
-        flat = prompt_pixel_values.reshape(-1, prompt_pixel_values.shape[-1])
-        prompt_ids = jnp.where(in_prompt, trajectory.tokens, -1)
-        embeds = place_features(embeds, prompt_ids, cfg.image_token_id, model.encode_vision(flat, prompt_grid_thw))
+    prompt_ids = jnp.where(in_prompt, trajectory.tokens, -1)
+    for values, grid, token_id in ((prompt_pixel_values, prompt_grid_thw, cfg.image_token_id),
+                                   (prompt_video_values, prompt_video_grid_thw, cfg.video_token_id)):
+        if values is not None:  # reading order over the batch, as given to the rollout
+            features = model.encode_vision(values.reshape(-1, values.shape[-1]), grid)
+            embeds = place_features(embeds, prompt_ids, token_id, features)
     crops = trajectory.crops
     if crops.shape[2] > 1:  # the rollout had tools (a real crop grid): each row's crops in order
         c, h, w = crops.shape[1:4]
