@@ -1,0 +1,70 @@
+"""Warm-start instruction tuning (Pixel Reasoner phase 1, METHOD.md §1).
+
+    python -m pixel_jax.train --config=configs/sft.py                 tiny model, synthetic task, CPU
+    python -m pixel_jax.train --config=configs/sft.py:model=qwen2_5_vl_7b,init=/ckpt/Qwen2.5-VL-7B-Instruct,data=pixelreasoner
+
+Next-token loss on the assistant turns of trajectories that zoom on each example's visual target:
+single-pass, error-induced self-correction, and textual ones for questions that need no zoom. With
+data=pixelreasoner the stored release trajectories are used instead of synthesised ones.
+METHOD.md gives no SFT hyperparameters: every number here is ours. The default (tiny model, random
+init) trains from scratch, so its learning rate is large; a Qwen2.5-VL checkpoint gets 1e-5.
+`configs/grpo.py` runs this phase first when it has no `init`.
+"""
+
+import pathlib
+import sys
+
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])  # `configs` is a folder of the checkout, not installed
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import ml_collections  # noqa: E402
+
+from configs import common  # noqa: E402
+
+CALL_TEXT_TOKENS = 64  # a call and the text around its result image
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg)
+    config = common.base_config("sft", args)
+    by_scale = lambda cpu, paper, runlocal: common.by_scale(args, cpu=cpu, paper=paper, runlocal=runlocal)
+    dataset = common.DATASETS[args.data]
+    seed = config.get_ref("seed")
+
+    config.total_steps = by_scale(200, 180, 2)  # paper scale: 3 epochs of the ~7.85k release trajectories
+    config.batch_size = by_scale(8, 128, 2)  # sequences per step
+    config.data = common.data_config(args, args.data, split=dataset.train_split, phase="train", training=True,
+                                     batch_size=config.get_ref("batch_size"), seed=seed,
+                                     source=dataset.sft_source)
+    config.synthesis = ml_collections.ConfigDict({
+        "self_correction_fraction": 0.25,  # of zooming trajectories that first zoom on a wrong box
+    })
+    # Tokens of one sequence: the prompt (text + the largest view) and a response with up to
+    # MAX_CALLS crops and their text.
+    response_text_tokens = by_scale(256, 1024, 128)
+    budget = common.IMAGE_BUDGETS[common.scale_of(args), "train"]
+    config.max_length = (common.PROMPT_TEXT_TOKENS + budget.max_view_tokens + response_text_tokens
+                         + common.MAX_CALLS * (budget.crop_tokens + CALL_TEXT_TOKENS))
+
+    # Clip by global norm → AdamW (decay on matrices) with warm-up + cosine to end_learning_rate.
+    config.optimizer = ml_collections.ConfigDict({
+        "learning_rate": by_scale(1e-3, 1e-5, 1e-3),
+        "warmup_steps": by_scale(10, 10, 0),
+        "total_steps": config.get_ref("total_steps"),
+        "end_learning_rate": 0.0,
+        "weight_decay": 0.0,
+        "b1": 0.9,
+        "b2": 0.999,
+        "adam_eps": 1e-8,
+        "max_grad_norm": 1.0,
+    })
+    config.frozen = ()  # regexes over parameter paths kept fixed, e.g. (r"^visual\.",) for the ViT
+
+    config.reward = common.reward_config(args)  # scores the held-out rollouts
+    config.eval = common.evaluation_config(args, every=by_scale(100, 50, 2), num_examples=by_scale(32, 0, 4),
+                                           batch_size=by_scale(8, 64, 2),
+                                           max_new_tokens=by_scale(96, 2048, 32), seed=seed)
+    config.checkpoint = common.checkpoint_config(every=by_scale(100, 50, 1))
+    config.logging = common.logging_config(log_every=by_scale(1, 10, 1), gallery_every=config.eval.get_ref("every"))
+    return config
