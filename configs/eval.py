@@ -1,13 +1,15 @@
 """A benchmark through the rollout engine with greedy decoding (`python -m pixel_jax.evaluate`).
 
     python -m pixel_jax.evaluate --config=configs/eval.py:init=runs/grpo_synthetic_tiny
-    python -m pixel_jax.evaluate --config=configs/eval.py:model=qwen2_5_vl_7b,init=/ckpt/PixelReasoner-RL-v1,data=vstar \
+    python -m pixel_jax.evaluate \
+        --config=configs/eval.py:model=qwen2_5_vl_7b,init=/ckpt/PixelReasoner-RL-v1,data=vstar \
         --config.data_dir=/data/tfds
 
 `init` is a local HF folder or a pixel_jax run's checkpoint directory; without it the tiny model is
 evaluated at its random initialisation (a smoke test). The split is the dataset's evaluation one
-(V* and HR-Bench: test; synthetic: eval; data=pixelreasoner has none: evaluate its held-out V*). At the paper scale, Pixel Reasoner's evaluation image
-budgets apply: inputs up to 8000 visual tokens, crops up to 5120.
+(V* and HR-Bench: test; synthetic: eval; data=pixelreasoner has none: evaluate its held-out V*).
+At the paper scale, Pixel Reasoner's evaluation image budgets apply: inputs up to 8000 visual
+tokens, crops up to 5120.
 Reports accuracy per sub-task, RaPR, mean calls and the failed-call rate, as JSON and a table in
 `<workdir>`.
 """

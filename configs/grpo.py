@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # `max_rollouts` batches per step (the authors' code).
     config.dynamic_sampling = ml_collections.ConfigDict({"enabled": True, "max_rollouts": 4})
 
-    # r'(x, y_i) = r + α·max(H − RaPR(x), 0)·1[n_vo > 0] + β·min(N − n_vo, 0), then GRPO (learner.LearnerConfig).
+    # r'(x, y_i) = r + α·max(H − RaPR(x), 0)·1[n_vo > 0] + β·min(N − n_vo, 0), then GRPO
+    # (the fields of learner.LearnerConfig, with `optimizer` and `frozen`).
     config.rl = ml_collections.ConfigDict({
         "group_size": 8,  # G responses per prompt
         "H": 0.3,  # target RaPR

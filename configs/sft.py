@@ -1,7 +1,8 @@
 """Warm-start instruction tuning (Pixel Reasoner phase 1, METHOD.md §1).
 
     python -m pixel_jax.train --config=configs/sft.py                 tiny model, synthetic task, CPU
-    python -m pixel_jax.train --config=configs/sft.py:model=qwen2_5_vl_7b,init=/ckpt/Qwen2.5-VL-7B-Instruct,data=pixelreasoner
+    python -m pixel_jax.train \
+        --config=configs/sft.py:model=qwen2_5_vl_7b,init=/ckpt/Qwen2.5-VL-7B-Instruct,data=pixelreasoner
 
 Next-token loss on the assistant turns of trajectories that zoom on each example's visual target:
 single-pass, error-induced self-correction, and textual ones for questions that need no zoom. With

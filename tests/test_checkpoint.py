@@ -140,7 +140,8 @@ def test_missing_checkpoints_are_reported(tmp_path):
 
 
 def test_export_huggingface_writes_the_merged_model(tmp_path):
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: qvl.Qwen2_5_VL(qvl.Qwen2_5_VLConfig.tiny(), rngs=nnx.Rngs(0))))
+    create = lambda: qvl.Qwen2_5_VL(qvl.Qwen2_5_VLConfig.tiny(), rngs=nnx.Rngs(0))
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
     rng = np.random.default_rng(0)  # random values without compiling the initialisers
     model = nnx.merge(graphdef, jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), abstract))
     graphdef, frozen, trainable = partition_params(model, (r"^visual\.",))  # as the GRPO learner holds it
