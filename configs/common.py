@@ -206,7 +206,7 @@ def data_config(args: ml_collections.ConfigDict, name: str, *, split: str | None
         data.synthetic = ml_collections.ConfigDict({
             "view_sizes": data.pipeline.get_ref("view_sizes"), "downsample_factors": factors,
             "glyph_scale": 1, "clutter_density": 0.5, "seed": seed,
-            # video questions need select_frames rollouts, which the engine does not run
+            # images only: video questions need a select_frames rollout program of their own
             "kind_weights": {"text": 3.0, "colour": 1.0, "count": 1.0, "background": 1.0, "corner": 1.0,
                              "video": 0.0},
         })
