@@ -98,6 +98,23 @@ def _set_at(array: jax.Array, slot: jax.Array, value: jax.Array, write: jax.Arra
     return array.at[rows, jnp.where(write, slot, array.shape[1])].set(value, mode="drop")
 
 
+# Batch entries whose first axis is not the row (packed patches of the transformers convention).
+_PACKED = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def repeat_rows(batch: dict, group_size: int) -> dict:
+    """Every row repeated group_size times, contiguously (the G samples of a GRPO group)."""
+    rows = batch["input_ids"].shape[0]
+    for name in _PACKED:
+        value = batch.get(name)
+        if value is not None and value.shape[0] != rows:
+            raise ValueError(
+                f"batch[{name!r}] has {value.shape[0]} entries for {rows} prompts: with group_size > 1 give one "
+                "image (video) per row, as [B, P0, patch_dim] patches and [B, 3] grids"
+            )
+    return {name: jnp.repeat(value, group_size, axis=0) for name, value in batch.items()}
+
+
 def _encode(model, pixel_values, grid):
     """Prompt images/videos: [Σ patches, patch_dim] or [B, P0, patch_dim] (both in reading order)."""
     if pixel_values is None:
@@ -123,7 +140,7 @@ class Engine:
         self.graphdef, _ = nnx.split(model)
         self._run = jax.jit(self._rollout)
 
-    def __call__(self, model: Qwen2_5_VL, batch: dict, rng: jax.Array) -> Trajectory:
+    def __call__(self, model: Qwen2_5_VL, batch: dict, rng: jax.Array, group_size: int = 1) -> Trajectory:
         """batch: input_ids [B, P] (left-padded), attention_mask [B, P]; optional pixel_values
         [Σ patches, patch_dim] + image_grid_thw [I, 3] of the prompt images in reading order
         (or [B, P0, patch_dim] + [B, 3], one image per row); with tools:
@@ -134,7 +151,11 @@ class Engine:
         Optional forced_tokens [B, F] int32: teacher-forced response tokens (the n-th token the
         policy writes is forced_tokens[b, n] unless -1), scored like sampled ones — for replaying
         or scoring given responses through the same program.
+        group_size G: each prompt is sampled G times; rows b·G … b·G + G − 1 of the trajectory are
+        the group of prompt b (per-row image arrays must then be [B, P0, patch_dim] / [B, 3]).
         """
+        if group_size > 1:
+            batch = repeat_rows(batch, group_size)
         return self._run(nnx.state(model), batch, rng)
 
     # ----------------------------------------------------------------- prefill

@@ -169,3 +169,22 @@ def test_call_and_token_budgets_end_the_response(setup, engine):
     assert int(t.n_calls[0]) == 2
     assert int(t.finish[1]) == engine_lib.FinishReason.LENGTH
     assert int(t.response_length[1]) == MAX_NEW_TOKENS
+
+
+def test_group_sampling_replicates_each_prompt(setup, engine):
+    tok = setup["tok"]
+    end = tok.decode([tok.special.im_end])
+    batch = make_batch(setup, ["It says", GOOD_CALL + "Done" + end], free_tokens=0)
+    free = len(tok.encode("It says"))
+    forced = np.asarray(batch["forced_tokens"]).copy()
+    forced[0, free: free + 5] = -1  # five free tokens, then the end of the turn
+    forced[0, free + 5] = tok.special.im_end
+    grouped = engine(setup["model"], {**batch, "forced_tokens": jnp.asarray(forced)}, jax.random.key(5), group_size=3)
+    assert grouped.tokens.shape[0] == 6
+    np.testing.assert_array_equal(np.asarray(grouped.n_calls), [0, 0, 0, 1, 1, 1])
+    prompt = np.asarray(grouped.tokens[:, : grouped.prompt_len])
+    assert (prompt == prompt[0]).all()
+    sampled = np.asarray(grouped.tokens[:3, grouped.prompt_len + free: grouped.prompt_len + free + 5])
+    assert len({tuple(r) for r in sampled}) > 1  # the samples of a group differ (T = 1)
+    with pytest.raises(ValueError, match="with group_size > 1 give one image"):
+        engine(setup["model"], {**batch, "image_grid_thw": batch["image_grid_thw"][:1]}, jax.random.key(5), 3)
