@@ -25,11 +25,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from pixel_jax import sharding
+from pixel_jax.config_validation import TOKEN_PX
 from pixel_jax.rl.rewards import REWARD_PRESETS
 from pixel_jax.tools import crop as crop_ops
 from pixel_jax.tools.protocols import PROTOCOLS
 
-TOKEN_PX = 28  # one visual token of Qwen2.5-VL covers 28×28 px
 MODELS = ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b")
 ARG_DEFAULTS = types.MappingProxyType({
     "model": "tiny", "init": "", "data": "synthetic", "protocol": "hermes", "reward": "pixel_reasoner",
@@ -86,7 +86,7 @@ IMAGE_BUDGETS = types.MappingProxyType({
 })
 SYNTHETIC_DOWNSAMPLE_FACTORS = (3, 4)  # canvas = view × f: the sign is legible only after a zoom
 MAX_CALLS = 3  # METHOD.md: a response is cut after more than 3 calls
-PROMPT_TEXT_TOKENS = 640  # system prompt with the tool schemas + question, packaged tokenizer (≤ 637 measured)
+PROMPT_TEXT_TOKENS = 640  # system prompt with the tool schemas + question (packaged tokenizer: ≤ 573 measured)
 
 
 # ---------------------------------------------------------------------------------- the arg
@@ -192,11 +192,12 @@ def data_config(args: ml_collections.ConfigDict, name: str, *, split: str | None
     data.source = source or dataset.source
     data.split = config_dict.placeholder(str) if split is None else split  # None: no such split (validated)
     data.manual_dir = ""  # raw release files to prepare the TFDS records from, once ("" = prepared already)
-    data.num_examples = by_scale(args, cpu=100_000 if training else 1_000, paper=100_000, runlocal=64)  # synthetic
+    size = 100_000 if training else 1_000
+    data.num_examples = by_scale(args, cpu=size, paper=size, runlocal=64)  # of a synthetic split
     data.pipeline = ml_collections.ConfigDict({
         "batch_size": batch_size,  # prompts per batch
         "canvas_size": dataset.canvas_size, "view_sizes": budget.view_sizes,
-        "max_frames": 1,  # images only: the rollout zooms, it does not select frames
+        "max_frames": 1,  # images only (a video bucket needs the select_frames rollout program)
         "seed": seed, "shuffle": training, "num_epochs": config_dict.placeholder(int) if training else 1,
         "num_threads": 2, "prefetch_buffer_size": 8,
     })
@@ -213,16 +214,15 @@ def data_config(args: ml_collections.ConfigDict, name: str, *, split: str | None
     return data
 
 
-def held_out_data(args: ml_collections.ConfigDict, phase: str, *, batch_size: int, seed) -> ml_collections.ConfigDict:
-    """The evaluation split of the arg's dataset (or of its `held_out` benchmark), one ordered pass."""
-    name = args.data if DATASETS[args.data].eval_split is not None else DATASETS[args.data].held_out
-    return data_config(args, name, split=DATASETS[name].eval_split, phase=phase, training=False,
-                       batch_size=batch_size, seed=seed)
-
-
 def sampling_config(temperature: float, top_k: int, top_p: float) -> ml_collections.ConfigDict:
     """A `pixel_jax.rollout.sampling.SamplingParams`."""
     return ml_collections.ConfigDict({"temperature": temperature, "top_k": top_k, "top_p": top_p})
+
+
+def max_new_tokens(args: ml_collections.ConfigDict) -> int:
+    """Sampled tokens per response. Paper scale: 2048, Groundlight's completion budget (METHOD.md
+    gives none for Pixel Reasoner)."""
+    return by_scale(args, cpu=96, paper=2048, runlocal=32)
 
 
 def rollout_config(args: ml_collections.ConfigDict, phase: str, *, max_new_tokens: int,
@@ -246,12 +246,24 @@ def rollout_config(args: ml_collections.ConfigDict, phase: str, *, max_new_token
 def evaluation_config(args: ml_collections.ConfigDict, *, every: int, num_examples: int, batch_size: int,
                       max_new_tokens: int, seed) -> ml_collections.ConfigDict:
     """Periodic held-out evaluation of a training run: greedy rollouts at the training image budget
-    (the shapes the run already compiled), accuracy and RaPR."""
+    (the shapes the run already compiled), accuracy and RaPR, on the evaluation split of the arg's
+    dataset (or of its `held_out` benchmark)."""
+    name = args.data if DATASETS[args.data].eval_split is not None else DATASETS[args.data].held_out
     return ml_collections.ConfigDict({
         "every": every,  # steps between evaluations (and at the end)
         "num_examples": num_examples,  # of the held-out split; 0 = all of it
-        "data": held_out_data(args, "train", batch_size=batch_size, seed=seed),
+        "data": data_config(args, name, split=DATASETS[name].eval_split, phase="train", training=False,
+                            batch_size=batch_size, seed=seed),
         "rollout": rollout_config(args, "train", max_new_tokens=max_new_tokens, greedy=True),
+    })
+
+
+def optimizer_config(*, learning_rate: float, warmup_steps: int, total_steps) -> ml_collections.ConfigDict:
+    """Clip by global norm → AdamW (decay on matrices) with a linear warm-up, then cosine to
+    `end_learning_rate` at `total_steps` optimizer updates (the fields of learner.LearnerConfig)."""
+    return ml_collections.ConfigDict({
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "total_steps": total_steps,
+        "end_learning_rate": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "adam_eps": 1e-8, "max_grad_norm": 1.0,
     })
 
 

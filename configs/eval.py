@@ -34,6 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = common.data_config(args, args.data, split=common.DATASETS[args.data].eval_split, phase="eval",
                                      training=False, batch_size=by_scale(8, 8, 2), seed=config.get_ref("seed"))
     config.num_examples = by_scale(64, 0, 4)  # of the split; 0 = all of it
-    config.rollout = common.rollout_config(args, "eval", max_new_tokens=by_scale(96, 2048, 32), greedy=True)
+    config.rollout = common.rollout_config(args, "eval", max_new_tokens=common.max_new_tokens(args), greedy=True)
     config.reward = common.reward_config(args)
     return config

@@ -47,10 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.data = common.data_config(args, args.data, split=common.DATASETS[args.data].train_split, phase="train",
                                      training=True, batch_size=by_scale(2, PAPER_PROMPTS_PER_BATCH, 1), seed=seed)
-    config.rollout = common.rollout_config(args, "train", max_new_tokens=by_scale(96, 2048, 32), greedy=False)
+    config.rollout = common.rollout_config(args, "train", max_new_tokens=common.max_new_tokens(args), greedy=False)
     config.reward = common.reward_config(args)
-    # Groups whose rewards are all equal teach nothing: drop them and roll out more prompts, at most
-    # `max_rollouts` batches per step (the authors' code).
+    # Groups whose rewards are all equal teach nothing: they are dropped and the batch refilled (the
+    # authors' code), from at most `max_rollouts` rollout batches per step (ours).
     config.dynamic_sampling = ml_collections.ConfigDict({"enabled": True, "max_rollouts": 4})
 
     # r'(x, y_i) = r + α·max(H − RaPR(x), 0)·1[n_vo > 0] + β·min(N − n_vo, 0), then GRPO
@@ -82,17 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "policy_iterations": 1,  # optimizer updates per rollout batch
         "micro_batches": by_scale(1, 16, 1),  # gradient accumulation (paper scale: tune with launch/aot_compile.py)
     })
-    config.optimizer = ml_collections.ConfigDict({
-        "learning_rate": by_scale(1e-4, PAPER_LEARNING_RATE, 1e-4),
-        "warmup_steps": 0,
-        "total_steps": config.get_ref("total_steps") * config.rl.get_ref("policy_iterations"),  # optimizer updates
-        "end_learning_rate": 0.0,
-        "weight_decay": 0.0,
-        "b1": 0.9,
-        "b2": 0.999,
-        "adam_eps": 1e-8,
-        "max_grad_norm": 1.0,
-    })
+    config.optimizer = common.optimizer_config(
+        learning_rate=by_scale(1e-4, PAPER_LEARNING_RATE, 1e-4), warmup_steps=0,
+        total_steps=config.get_ref("total_steps") * config.rl.get_ref("policy_iterations"))
     config.frozen = ()  # regexes over parameter paths kept fixed, e.g. (r"^visual\.",) for the ViT
 
     config.eval = common.evaluation_config(args, every=by_scale(10, 25, 2), num_examples=by_scale(32, 0, 4),

@@ -48,24 +48,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_length = (common.PROMPT_TEXT_TOKENS + budget.max_view_tokens + response_text_tokens
                          + common.MAX_CALLS * (budget.crop_tokens + CALL_TEXT_TOKENS))
 
-    # Clip by global norm → AdamW (decay on matrices) with warm-up + cosine to end_learning_rate.
-    config.optimizer = ml_collections.ConfigDict({
-        "learning_rate": by_scale(1e-3, 1e-5, 1e-3),
-        "warmup_steps": by_scale(10, 10, 0),
-        "total_steps": config.get_ref("total_steps"),
-        "end_learning_rate": 0.0,
-        "weight_decay": 0.0,
-        "b1": 0.9,
-        "b2": 0.999,
-        "adam_eps": 1e-8,
-        "max_grad_norm": 1.0,
-    })
+    config.optimizer = common.optimizer_config(learning_rate=by_scale(1e-3, 1e-5, 1e-3),
+                                               warmup_steps=by_scale(10, 10, 0),
+                                               total_steps=config.get_ref("total_steps"))
     config.frozen = ()  # regexes over parameter paths kept fixed, e.g. (r"^visual\.",) for the ViT
 
     config.reward = common.reward_config(args)  # scores the held-out rollouts
     config.eval = common.evaluation_config(args, every=by_scale(100, 50, 2), num_examples=by_scale(32, 0, 4),
                                            batch_size=by_scale(8, 64, 2),
-                                           max_new_tokens=by_scale(96, 2048, 32), seed=seed)
+                                           max_new_tokens=common.max_new_tokens(args), seed=seed)
     config.checkpoint = common.checkpoint_config(every=by_scale(100, 50, 1))
     config.logging = common.logging_config(log_every=by_scale(1, 10, 1), gallery_every=config.eval.get_ref("every"))
     return config

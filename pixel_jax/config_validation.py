@@ -28,6 +28,7 @@ from etils import epath
 from pixel_jax import checkpoint, distributed, sharding
 from pixel_jax.data import builders
 from pixel_jax.data.pipeline import PipelineConfig
+from pixel_jax.data.synthetic import VIEW_MULTIPLE as TOKEN_PX  # one visual token covers 28×28 px
 from pixel_jax.data.synthetic import SyntheticConfig
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from pixel_jax.models.qwen2_5_vl.weights import read_config
@@ -39,7 +40,6 @@ from pixel_jax.tools.protocols import PROTOCOLS
 KINDS = ("sft", "grpo", "eval")
 MODEL_PRESETS = ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
 RANDOM_INIT_PRESETS = ("tiny",)  # the only model a run may start from random weights
-TOKEN_PX = 28  # one visual token covers 28×28 px: crop grids are whole tokens
 
 
 # ---------------------------------------------------------------------------- builders
