@@ -110,8 +110,9 @@ def gallery_entry(trajectory, row: int, tables: ToolTables, *, original: np.ndar
                   question: str, answer: str, text: str, reward_parts: Mapping[str, float]) -> GalleryEntry:
     """Row `row` of a rollout (`Trajectory`; any object with its fields) for the gallery.
 
-    original: [H, W, 3] uint8 the row's full-resolution picture (unpadded); view_wh: the (W, H) the
-    model saw it at; text: the decoded response; reward_parts: the row's reward and its parts.
+    original: [H, W, 3] uint8 the picture the rollout cropped from, unpadded (`Batch.original[b, 0,
+    :h, :w]` with (h, w) = `Batch.original_size[b]`; a video: its first frame); view_wh: the (W, H)
+    the model saw it at; text: the decoded response; reward_parts: the row's reward and its parts.
     """
     original, record = np.asarray(original), _row(trajectory, row)
     if tables.tool == ToolId.SELECT_FRAMES:

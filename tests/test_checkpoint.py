@@ -151,6 +151,7 @@ def test_export_huggingface_writes_the_merged_model(tmp_path):
     assert_trees_equal(nnx.state(loaded, nnx.Param), nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # three processes: ~15 s on 2 cores
 def test_resume_after_kill_9_continues_exactly(tmp_path):
     """N steps straight == N/2 steps, save, kill -9, a new process restores and runs N/2 more."""
     total = 2 * resume_worker.SAVE_EVERY
