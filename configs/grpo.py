@@ -14,8 +14,9 @@ Every coefficient has the reference value of METHOD.md (`rl`: H 0.3, N 1, α 0.5
 0.95 / top-k 40, later turns T 0.9, at most 3 calls; 256 prompts a batch; lr 1e-6). Sizes depend
 on the scale (configs/common.py): with `model=qwen2_5_vl_3b|7b` the paper's batch of 256 prompts ×
 8 samples and Pixel Reasoner's image budgets; with the tiny CPU default 2 prompts × 8 samples,
-short responses, 64-token views and crops, and a learning rate of 1e-4 (1e-6 would not move a
-randomly initialised two-layer model in 20 steps). The number of steps is ours at every scale.
+short responses, 64-token views and crops, and a learning rate of 1e-4 (Adam moves a parameter by
+about the learning rate per step: 20 steps at 1e-6 would leave the tiny model where it started).
+The number of steps is ours at every scale.
 """
 
 import pathlib
