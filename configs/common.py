@@ -220,9 +220,10 @@ def sampling_config(temperature: float, top_k: int, top_p: float) -> ml_collecti
 
 
 def max_new_tokens(args: ml_collections.ConfigDict) -> int:
-    """Sampled tokens per response. Paper scale: 2048, Groundlight's completion budget (METHOD.md
-    gives none for Pixel Reasoner)."""
-    return by_scale(args, cpu=96, paper=2048, runlocal=32)
+    """Tokens a response may write: 256 with the packaged tokenizer (a synthesised self-correction,
+    two calls, takes ~222); paper scale 2048, Groundlight's completion budget (METHOD.md gives none
+    for Pixel Reasoner)."""
+    return by_scale(args, cpu=256, paper=2048, runlocal=256)
 
 
 def rollout_config(args: ml_collections.ConfigDict, phase: str, *, max_new_tokens: int,

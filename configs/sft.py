@@ -5,8 +5,11 @@
         --config=configs/sft.py:model=qwen2_5_vl_7b,init=/ckpt/Qwen2.5-VL-7B-Instruct,data=pixelreasoner
 
 Next-token loss on the assistant turns of trajectories that zoom on each example's visual target:
-single-pass, error-induced self-correction, and textual ones for questions that need no zoom. With
-data=pixelreasoner the stored release trajectories are used instead of synthesised ones.
+single-pass, error-induced self-correction, and textual ones for questions that need no zoom
+(`synthesis.kind_weights`, among the kinds an example fits; `pixel_jax.sft.synthesize`). The
+scripts are replayed through the rollout engine with the RL rollout's shapes (`rollout`: prompt
+slots, response budget, calls; `tools`: the crop grid), so SFT and GRPO see one token layout.
+With data=pixelreasoner the stored release trajectories are used instead of synthesised ones.
 METHOD.md gives no SFT hyperparameters: every number here is ours. The default (tiny model, random
 init) trains from scratch, so its learning rate is large; a Qwen2.5-VL checkpoint gets 1e-5.
 `configs/grpo.py` runs this phase first when it has no `init`.
@@ -23,8 +26,6 @@ import ml_collections  # noqa: E402
 
 from configs import common  # noqa: E402
 
-CALL_TEXT_TOKENS = 64  # a call and the text around its result image
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg)
@@ -39,18 +40,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                      batch_size=config.get_ref("batch_size"), seed=seed,
                                      source=dataset.sft_source)
     config.synthesis = ml_collections.ConfigDict({
-        "self_correction_fraction": 0.25,  # of zooming trajectories that first zoom on a wrong box
+        "kind_weights": {"single_pass": 2.0, "self_correction": 1.0, "textual": 1.0},
     })
-    # Tokens of one sequence: the prompt (text + the largest view) and a response with up to
-    # MAX_CALLS crops and their text.
-    response_text_tokens = by_scale(256, 1024, 128)
-    budget = common.IMAGE_BUDGETS[common.scale_of(args), "train"]
-    config.max_length = (common.PROMPT_TEXT_TOKENS + budget.max_view_tokens + response_text_tokens
-                         + common.MAX_CALLS * (budget.crop_tokens + CALL_TEXT_TOKENS))
+    config.rollout = common.rollout_config(args, "train", max_new_tokens=common.max_new_tokens(args), greedy=True)
 
     config.optimizer = common.optimizer_config(learning_rate=by_scale(1e-3, 1e-5, 1e-3),
                                                warmup_steps=by_scale(10, 10, 0),
                                                total_steps=config.get_ref("total_steps"))
+    config.aggregation = "token-mean"  # of the loss over the assistant tokens (rl.grpo.LOSS_AGGREGATIONS)
     config.frozen = ()  # regexes over parameter paths kept fixed, e.g. (r"^visual\.",) for the ViT
 
     config.reward = common.reward_config(args)  # scores the held-out rollouts

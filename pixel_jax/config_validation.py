@@ -32,6 +32,7 @@ from pixel_jax.data.synthetic import VIEW_MULTIPLE as TOKEN_PX  # one visual tok
 from pixel_jax.data.synthetic import SyntheticConfig
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from pixel_jax.models.qwen2_5_vl.weights import read_config
+from pixel_jax.rl.grpo import LOSS_AGGREGATIONS
 from pixel_jax.rl.learner import LearnerConfig
 from pixel_jax.rl.rewards import REWARD_PARTS
 from pixel_jax.rollout.sampling import SamplingParams
@@ -168,6 +169,9 @@ def _check_phase(report: _Report, config: ml_collections.ConfigDict, root: str) 
         return
     report.require(config.total_steps >= 1, f"{root}.total_steps", config.total_steps, "must be >= 1")
     _check_optimizer(report, config.optimizer, f"{root}.optimizer")
+    if "aggregation" in config:  # SFT (GRPO's is in `rl`, checked by LearnerConfig)
+        report.require(config.aggregation in LOSS_AGGREGATIONS, f"{root}.aggregation", config.aggregation,
+                       f"is not one of {LOSS_AGGREGATIONS.names()}")
     for pattern in config.frozen:
         report.attempt(f"{root}.frozen", lambda: _compile(pattern))
     evaluation = config.eval
