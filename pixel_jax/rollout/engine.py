@@ -22,7 +22,9 @@ import enum
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.sharding import Mesh
 
+from pixel_jax import sharding
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, causal_padding_mask
 from pixel_jax.models.qwen2_5_vl.rope_index import get_rope_index
 from pixel_jax.processing import image as image_processing
@@ -132,12 +134,15 @@ def _ends_with(tokens: jax.Array, cursor: jax.Array, sequence: tuple[int, ...]) 
 class Engine:
     """Compiles and runs rollouts of one model graph under one `RolloutSpec`."""
 
-    def __init__(self, model: Qwen2_5_VL, spec: RolloutSpec):
+    def __init__(self, model: Qwen2_5_VL, spec: RolloutSpec, mesh: Mesh | None = None, rules=None):
+        """With a mesh, activations (the KV cache included) follow the logical sharding rules:
+        rows over the data axes, heads over `tensor` (see `pixel_jax.sharding`)."""
         if spec.max_calls and spec.tools is None:
             raise ValueError("RolloutSpec.max_calls > 0 needs tool tables (RolloutSpec.tools)")
         self.spec = spec
         self.config = model.config
         self.graphdef, _ = nnx.split(model)
+        self._sharding = (mesh, sharding.make_rules() if rules is None else rules) if mesh is not None else None
         self._run = jax.jit(self._rollout)
 
     def __call__(self, model: Qwen2_5_VL, batch: dict, rng: jax.Array, group_size: int = 1) -> Trajectory:
@@ -160,6 +165,12 @@ class Engine:
 
     # ----------------------------------------------------------------- prefill
     def _rollout(self, params, batch, rng) -> Trajectory:
+        if self._sharding is None:
+            return self._rollout_in_context(params, batch, rng)
+        with sharding.activation_rules(*self._sharding):
+            return self._rollout_in_context(params, batch, rng)
+
+    def _rollout_in_context(self, params, batch, rng) -> Trajectory:
         model = nnx.merge(self.graphdef, params)
         state = self._prefill(model, batch, rng)
 
