@@ -1,10 +1,14 @@
 """Sampler throughput: pixel_jax's compiled KV-cache sampler vs transformers `generate`.
 
 Same weights (written by transformers, read by pixel_jax), a Qwen2.5-VL config with 4 layers,
-hidden 256, 8 heads, 2 KV heads, vocab 4096; batch 8, 64-token prompts, 128 new tokens, greedy.
-Prints a table and the speed ratio measured in this run.
+hidden 256, 8 heads, 2 KV heads, vocab 4096; by default batch 8, 64-token prompts, 128 new tokens,
+greedy. Prints a table and the speed ratio measured in this run. transformers runs with
+`--torch-threads` intra-op threads, 1 by default: on a shared 2-core machine torch's OpenMP threads
+spin against the other processes' and a 2-thread run measures the contention, not transformers;
+pass 2 on an idle machine.
 
-    python benchmarks/sampler.py [--repeats 3]
+    python benchmarks/sampler.py [--batch 8] [--prompt-len 64] [--new-tokens 128] [--repeats 3]
+                                 [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import time
 import jax
 import numpy as np
 import torch
+from timing import best_of_interleaved
 from transformers import Qwen2_5_VLConfig as HFConfig
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from pixel_jax.models import qwen2_5_vl as qvl
 from pixel_jax.rollout import sampler
 
-BATCH, PROMPT, NEW, VOCAB = 8, 64, 128, 4096
+VOCAB = 4096
 
 
 def benchmark_config() -> HFConfig:
@@ -37,42 +42,48 @@ def benchmark_config() -> HFConfig:
     )
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="intra-op threads of transformers (see the module docstring)")
+    args = parser.parse_args()
+    for name in ("batch", "prompt_len", "new_tokens", "repeats", "torch_threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
+    args = parse_args()
+    batch, new = args.batch, args.new_tokens
+    torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     hf = Qwen2_5_VLForConditionalGeneration(benchmark_config()).eval()
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         ours = qvl.from_pretrained(folder)
-    ids = np.random.default_rng(0).integers(0, VOCAB - 8, (BATCH, PROMPT))
+    ids = np.random.default_rng(0).integers(0, VOCAB - 8, (batch, args.prompt_len))
     mask = np.ones_like(ids)
 
     def run_ours():
-        jax.block_until_ready(sampler.generate(ours, ids, mask, max_new_tokens=NEW).tokens)
+        jax.block_until_ready(sampler.generate(ours, ids, mask, max_new_tokens=new).tokens)
 
     def run_hf():
         with torch.no_grad():
-            hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW,
-                        min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+            hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new,
+                        min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
 
     start = time.perf_counter()
     run_ours()
     compile_s = time.perf_counter() - start
-    ours_s, hf_s = best_of(args.repeats, run_ours), best_of(args.repeats, run_hf)
-    tokens = BATCH * NEW
-    print(f"batch {BATCH}, prompt {PROMPT}, {NEW} new tokens, greedy, best of {args.repeats}")
+    (ours_s, _), (hf_s, _) = best_of_interleaved(args.repeats, run_ours, run_hf)
+    tokens = batch * new
+    print(f"batch {batch}, prompt {args.prompt_len}, {new} new tokens, greedy, best of {args.repeats}, "
+          f"torch threads {args.torch_threads}")
     print(f"{'implementation':<28}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'pixel_jax sampler':<28}{ours_s:>10.3f}{tokens / ours_s:>12.0f}")
     print(f"{'transformers generate':<28}{hf_s:>10.3f}{tokens / hf_s:>12.0f}")
