@@ -159,6 +159,11 @@ def image_wh(image: np.ndarray) -> tuple[int, int]:
     return image.shape[1], image.shape[0]
 
 
+def repeat_rows(per_prompt: list, group: int) -> np.ndarray:
+    """One array per prompt → [prompts × group, ...], each prompt's G rows in a run."""
+    return np.repeat(np.stack(per_prompt), group, axis=0)
+
+
 def stop_ids(tok: Tokenizer) -> tuple[int, ...]:
     return tok.special.im_end, tok.special.endoftext
 
@@ -185,12 +190,13 @@ def engine_batch(tok: Tokenizer, protocol: ToolProtocol, prompts: list[Prompt], 
         pixel_values.append(values)
         grids.append(grid[0])
     input_ids, attention_mask = chat.left_pad_batch(ids, tok.special.endoftext)  # [B, P] each
-    per_row = lambda arrays: np.repeat(np.stack(arrays), group, axis=0)  # noqa: E731
     return dict(
         input_ids=input_ids, attention_mask=attention_mask, forced_tokens=forced.astype(np.int32),
-        pixel_values=per_row(pixel_values), image_grid_thw=per_row(grids),  # [B, P0, patch_dim], [B, 3]
-        original=per_row([p.original for p in prompts]),  # [B, H, W, 3]
-        original_wh=per_row([image_wh(p.original) for p in prompts]), view_wh=per_row([image_wh(p.view) for p in prompts]),
+        pixel_values=repeat_rows(pixel_values, group),  # [B, P0, patch_dim]
+        image_grid_thw=repeat_rows(grids, group),  # [B, 3]
+        original=repeat_rows([p.original for p in prompts], group),  # [B, H, W, 3]
+        original_wh=repeat_rows([image_wh(p.original) for p in prompts], group),  # [B, 2]
+        view_wh=repeat_rows([image_wh(p.view) for p in prompts], group),  # [B, 2]
     )
 
 
@@ -243,7 +249,8 @@ def until_stop(tokens: list[int], stops: tuple[int, ...]) -> list[int]:
     return tokens[: ends[0] + 1] if ends else tokens
 
 
-def generate_turn(hf, tok: Tokenizer, rows: list[HostRow], max_new_tokens: int, stops: tuple[int, ...]) -> list[list[int]]:
+def generate_turn(hf, tok: Tokenizer, rows: list[HostRow], max_new_tokens: int,
+                  stops: tuple[int, ...]) -> list[list[int]]:
     """One `generate` from scratch over the rows' whole conversations (re-rendered, re-tokenised,
     images pre-processed again); each row's new tokens up to its first stop or its budget."""
     ids, types, pixel_values, grids = [], [], [], []
@@ -262,8 +269,10 @@ def generate_turn(hf, tok: Tokenizer, rows: list[HostRow], max_new_tokens: int, 
         output = hf.generate(
             input_ids=torch.from_numpy(input_ids).long(), attention_mask=torch.from_numpy(attention_mask),
             mm_token_type_ids=torch.from_numpy(mm_token_type_ids).long(),
-            pixel_values=torch.from_numpy(np.concatenate(pixel_values)), image_grid_thw=torch.from_numpy(np.concatenate(grids)),
-            max_new_tokens=max(budgets), do_sample=False, eos_token_id=list(stops), pad_token_id=tok.special.endoftext,
+            pixel_values=torch.from_numpy(np.concatenate(pixel_values)),  # [Σ patches, patch_dim]
+            image_grid_thw=torch.from_numpy(np.concatenate(grids)),  # [Σ images, 3]
+            max_new_tokens=max(budgets), do_sample=False, eos_token_id=list(stops),
+            pad_token_id=tok.special.endoftext,
             logits_processor=LogitsProcessorList([ForcedTokens(torch.from_numpy(forced), input_ids.shape[1])]),
         )
     new = output[:, input_ids.shape[1]:].tolist()  # [B, ≤ max(budgets)]
@@ -283,10 +292,10 @@ def host_zoom(protocol: ToolProtocol, turn_text: str, prompt: Prompt, crop_hw: t
     return np.asarray(crop.resize(crop_hw[::-1], PIL.Image.BILINEAR))
 
 
-def crop_turn_text(protocol: ToolProtocol, crop_hw: tuple[int, int]) -> str:
+def crop_turn_text(protocol: ToolProtocol, crop_hw: tuple[int, int], call_index: int) -> str:
     """The text of the user turn showing a crop: the protocol's injected text without the chat
     markers that the chat template writes itself."""
-    first_segment = protocol.crop_result(crop_hw[::-1], call_index=1).segments[0]
+    first_segment = protocol.crop_result(crop_hw[::-1], call_index).segments[0]
     return first_segment.removeprefix(USER_TURN).removesuffix(VISION_START)
 
 
@@ -312,10 +321,11 @@ def host_rollouts(hf, tok: Tokenizer, protocol: ToolProtocol, prompts: list[Prom
             row.zooms += 1
             row.messages += [
                 {"role": "assistant", "content": text},
-                {"role": "user", "content": [{"type": "text", "text": crop_turn_text(protocol, crop_hw)},
+                {"role": "user", "content": [{"type": "text", "text": crop_turn_text(protocol, crop_hw, row.zooms)},
                                              {"type": "image"}]},
             ]
-    return Rollouts(zooms=np.array([row.zooms for row in rows]), tokens=np.array([len(row.response) for row in rows]))
+    return Rollouts(zooms=np.array([row.zooms for row in rows]),
+                    tokens=np.array([len(row.response) for row in rows]))
 
 
 # ------------------------------------------------------------------------------ main
