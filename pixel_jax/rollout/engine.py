@@ -21,6 +21,7 @@ import enum
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh
 
@@ -322,7 +323,7 @@ class Engine:
 
         # 2. the vision tower on every new image (those of rows without one are never placed).
         patches = jax.vmap(image_processing.to_pixel_values)(images.reshape(b * per_call, 1, h, w, 3).astype(jnp.float32))
-        grid = jnp.tile(jnp.array([[1, h // 14, w // 14]]), (b * per_call, 1))
+        grid = np.tile(np.array([[1, h // 14, w // 14]]), (b * per_call, 1))  # static: attention image by image
         image_embeds = model.encode_vision(patches.reshape(-1, patches.shape[-1]), grid).reshape(b, -1, cfg.hidden_size)
 
         # 3. the chunk [close token | result tokens], its validity and positions.

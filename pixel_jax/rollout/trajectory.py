@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, place_features
@@ -106,7 +107,7 @@ def token_logprobs_and_entropy(
     if crops.shape[2] > 1:  # the rollout had tools (a real crop grid): each row's crops in order
         c, h, w = crops.shape[1:4]
         patches = jax.vmap(image_processing.to_pixel_values)(crops.reshape(b * c, 1, h, w, 3).astype(jnp.float32))
-        grid = jnp.tile(jnp.array([[1, h // 14, w // 14]]), (b * c, 1))
+        grid = np.tile(np.array([[1, h // 14, w // 14]]), (b * c, 1))  # static: attention image by image
         crop_embeds = model.encode_vision(patches.reshape(-1, patches.shape[-1]), grid).reshape(b, -1, cfg.hidden_size)
         response_ids = jnp.where(in_prompt, -1, trajectory.tokens)
         embeds = place_features(embeds, response_ids, cfg.image_token_id, crop_embeds)

@@ -189,3 +189,13 @@ def test_sharded_index_checkpoint_loads(checkpoint, tmp_path):
     a, b = qvl.from_pretrained(tmp_path), qvl.from_pretrained(checkpoint)
     ids = jnp.arange(10)[None]
     np.testing.assert_array_equal(np.asarray(a(ids)), np.asarray(b(ids)))
+
+
+def test_equal_images_are_attended_one_by_one_with_the_same_result():
+    model = qvl.Qwen2_5_VL(qvl.Qwen2_5_VLConfig.tiny(), rngs=nnx.Rngs(0))
+    grids = np.array([[1, 8, 12]] * 3)  # windows split each image; three images of one size
+    pv = jnp.asarray(np.random.default_rng(0).standard_normal((3 * 96, 1176)).astype(np.float32))
+    image_by_image = model.encode_vision(pv, grids)  # host grids: the per-image path
+    masked = model.encode_vision(pv, jnp.asarray(grids))  # traced grids: one masked attention
+    assert image_by_image.shape == (72, 64)
+    assert np.max(np.abs(np.asarray(image_by_image) - np.asarray(masked))) <= 1e-5

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pixel_jax import sharding
@@ -104,13 +105,17 @@ class VisionAttention(nnx.Module):
             bias_shape=(e,), bias_axes=("vit_embed",), param_dtype=param_dtype, rngs=rngs,
         )
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        qkv = self.qkv(x)  # [P, 3, N, H]
-        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # [P, N, H]
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, images: int = 1) -> jax.Array:
+        """x [P, E]; with images > 1, P = images · Q patches of equally sized images, attended image
+        by image (cos, sin [Q, H] and mask [Q, Q] shared by all of them); else cos, sin [P, H], mask [P, P]."""
+        num_patches = x.shape[0]
+        qkv = self.qkv(x).reshape(images, num_patches // images, 3, *self.qkv.kernel.shape[2:])  # [I, Q, 3, N, H]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [I, Q, N, H]
         q = layers.apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = layers.apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        out = layers.dot_product_attention(q[None], k[None], v[None], mask[None])[0]  # [P, N, H]
-        return self.proj(out)
+        mask = jnp.broadcast_to(mask, (images,) + mask.shape)  # [I, Q, Q]
+        out = layers.dot_product_attention(q, k, v, mask)  # [I, Q, N, H]
+        return self.proj(out.reshape(num_patches, *out.shape[2:]))
 
 
 class VisionBlock(nnx.Module):
@@ -123,8 +128,8 @@ class VisionBlock(nnx.Module):
             axes=("vit_embed", "vit_mlp"),
         )
 
-    def __call__(self, x, cos, sin, mask):
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, mask, images: int = 1):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, images)
         return x + self.mlp(self.norm2(x))
 
 
@@ -171,11 +176,21 @@ class VisionTransformer(nnx.Module):
         merge_unit = self.config.spatial_merge_size**2
         if num_patches % merge_unit:
             raise ValueError(f"pixel_values has {num_patches} rows, not a multiple of {merge_unit} (merge blocks)")
-        layout = patch_layout(grid_thw, num_patches, self.config)
+        images = _equal_images(grid_thw, num_patches)
+        layout = patch_layout(grid_thw[:1] if images > 1 else grid_thw, num_patches // images, self.config)
         cos, sin = vision_rotary(layout, self.config)
         full_mask, window_mask = layout.full_attention_mask(), layout.window_attention_mask()
         x = sharding.constrain(self.patch_embed(pixel_values.astype(self.dtype)), PATCH_AXES)  # [P, E]
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask)
+            x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask, images)
             x = sharding.constrain(x, PATCH_AXES)
         return sharding.constrain(self.merger(x), VISUAL_TOKEN_AXES)
+
+
+def _equal_images(grid_thw, num_patches: int) -> int:
+    """How many images to attend to one by one: their count when `grid_thw` is a concrete (host)
+    array of identical grids filling all patches (e.g. the rollout's crops), else 1 (one masked
+    attention over all patches). Attention cost falls from (I·Q)² to I·Q²."""
+    if not isinstance(grid_thw, np.ndarray) or len(grid_thw) < 2 or (grid_thw != grid_thw[0]).any():
+        return 1
+    return len(grid_thw) if len(grid_thw) * int(np.prod(grid_thw[0])) == num_patches else 1
