@@ -159,11 +159,6 @@ def image_wh(image: np.ndarray) -> tuple[int, int]:
     return image.shape[1], image.shape[0]
 
 
-def repeat_rows(per_prompt: list, group: int) -> np.ndarray:
-    """One array per prompt → [prompts × group, ...], each prompt's G rows in a run."""
-    return np.repeat(np.stack(per_prompt), group, axis=0)
-
-
 def stop_ids(tok: Tokenizer) -> tuple[int, ...]:
     return tok.special.im_end, tok.special.endoftext
 
@@ -181,29 +176,31 @@ def build_engine(model: qvl.Qwen2_5_VL, tok: Tokenizer, protocol: ToolProtocol, 
 
 def engine_batch(tok: Tokenizer, protocol: ToolProtocol, prompts: list[Prompt], group: int,
                  forced: np.ndarray) -> dict[str, np.ndarray]:
-    """The engine's input: each prompt tokenised and pre-processed once, repeated for its G rows."""
+    """The engine's input: each prompt tokenised and pre-processed once (the engine prefills it once
+    and samples its G rows, `group_size`); the forced responses are given per sample."""
     ids, pixel_values, grids = [], [], []
     for prompt in prompts:
         values, grid = image_processing.preprocess_images([prompt.view])  # [P0, patch_dim], [1, 3]
         messages = protocol.prompt_messages(prompt.question, image_wh(prompt.view))
-        ids += [chat.encode_conversation(tok, messages, image_grid_thw=grid)["input_ids"]] * group
+        ids += [chat.encode_conversation(tok, messages, image_grid_thw=grid)["input_ids"]]
         pixel_values.append(values)
         grids.append(grid[0])
-    input_ids, attention_mask = chat.left_pad_batch(ids, tok.special.endoftext)  # [B, P] each
+    input_ids, attention_mask = chat.left_pad_batch(ids, tok.special.endoftext)  # [prompts, P] each
     return dict(
-        input_ids=input_ids, attention_mask=attention_mask, forced_tokens=forced.astype(np.int32),
-        pixel_values=repeat_rows(pixel_values, group),  # [B, P0, patch_dim]
-        image_grid_thw=repeat_rows(grids, group),  # [B, 3]
-        original=repeat_rows([p.original for p in prompts], group),  # [B, H, W, 3]
-        original_wh=repeat_rows([image_wh(p.original) for p in prompts], group),  # [B, 2]
-        view_wh=repeat_rows([image_wh(p.view) for p in prompts], group),  # [B, 2]
+        input_ids=input_ids, attention_mask=attention_mask, forced_tokens=forced.astype(np.int32),  # [B, F]
+        pixel_values=np.stack(pixel_values),  # [prompts, P0, patch_dim]
+        image_grid_thw=np.stack(grids),  # [prompts, 3]
+        original=np.stack([p.original for p in prompts]),  # [prompts, H, W, 3]
+        original_wh=np.stack([image_wh(p.original) for p in prompts]),  # [prompts, 2]
+        view_wh=np.stack([image_wh(p.view) for p in prompts]),  # [prompts, 2]
     )
 
 
 def engine_rollouts(engine: engine_lib.Engine, model: qvl.Qwen2_5_VL, tok: Tokenizer, protocol: ToolProtocol,
                     prompts: list[Prompt], group: int, forced: np.ndarray) -> Rollouts:
     batch = engine_batch(tok, protocol, prompts, group, forced)
-    trajectory = engine(model, {name: jnp.asarray(value) for name, value in batch.items()}, jax.random.key(0))
+    trajectory = engine(model, {name: jnp.asarray(value) for name, value in batch.items()}, jax.random.key(0),
+                        group_size=group)
     calls, errors, lengths = jax.device_get((trajectory.n_calls, trajectory.n_errors, trajectory.response_length))
     return Rollouts(zooms=calls - errors, tokens=lengths)
 

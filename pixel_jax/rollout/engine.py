@@ -95,18 +95,24 @@ class RolloutState:
     step: jax.Array  # scalar
 
 
+_ROW_FIELDS = (
+    "tokens", "slot_valid", "sampled", "logprobs", "temperature", "cursor", "next_position", "n_sampled", "phase",
+    "finish", "n_calls", "n_errors", "call_errors", "call_boxes", "call_targets", "call_frames", "images",
+    "source_boxes", "shown_wh", "n_shown", "forced", "row_keys",
+)
+
+
 def _set_at(array: jax.Array, slot: jax.Array, value: jax.Array, write: jax.Array) -> jax.Array:
     """array [B, S, ...] with value [B, ...] at array[b, slot[b]] where write[b]."""
     rows = jnp.arange(array.shape[0])
     return array.at[rows, jnp.where(write, slot, array.shape[1])].set(value, mode="drop")
 
 
-# Batch entries whose first axis is not the row (packed patches of the transformers convention).
+# Batch entries whose first axis is not the row in the transformers convention (packed patches).
 _PACKED = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
-def repeat_rows(batch: dict, group_size: int) -> dict:
-    """Every row repeated group_size times, contiguously (the G samples of a GRPO group)."""
+def _check_one_image_per_row(batch: dict) -> None:
     rows = batch["input_ids"].shape[0]
     for name in _PACKED:
         value = batch.get(name)
@@ -115,7 +121,16 @@ def repeat_rows(batch: dict, group_size: int) -> dict:
                 f"batch[{name!r}] has {value.shape[0]} entries for {rows} prompts: with group_size > 1 give one "
                 "image (video) per row, as [B, P0, patch_dim] patches and [B, 3] grids"
             )
-    return {name: jnp.repeat(value, group_size, axis=0) for name, value in batch.items()}
+
+
+def _repeat_state(state: "RolloutState", group_size: int) -> "RolloutState":
+    """Every row repeated group_size times, contiguously (positions carry rows on axis 1)."""
+    repeat = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
+    return state.replace(
+        **{f: repeat(getattr(state, f)) for f in _ROW_FIELDS},
+        positions=repeat(state.positions, axis=1),
+        cache=jax.tree.map(repeat, state.cache),
+    )
 
 
 def _encode(model, pixel_values, grid):
@@ -144,7 +159,7 @@ class Engine:
         self.config = model.config
         self.graphdef, _ = nnx.split(model)
         self._sharding = (mesh, sharding.make_rules() if rules is None else rules) if mesh is not None else None
-        self._run = jax.jit(self._rollout)
+        self._run = jax.jit(self._rollout, static_argnums=3)
 
     def __call__(self, model: Qwen2_5_VL, batch: dict, rng: jax.Array, group_size: int = 1) -> Trajectory:
         """batch: input_ids [B, P] (left-padded), attention_mask [B, P]; optional pixel_values
@@ -157,23 +172,37 @@ class Engine:
         Optional forced_tokens [B, F] int32: teacher-forced response tokens (the n-th token the
         policy writes is forced_tokens[b, n] unless -1), scored like sampled ones — for replaying
         or scoring given responses through the same program.
-        group_size G: each prompt is sampled G times; rows b·G … b·G + G − 1 of the trajectory are
-        the group of prompt b (per-row image arrays must then be [B, P0, patch_dim] / [B, 3]).
+        group_size G: each prompt is prefilled once and sampled G times; rows b·G … b·G + G − 1 of
+        the trajectory are the group of prompt b (per-row image arrays must then be [B, P0, patch_dim]
+        / [B, 3]). Per-row entries may also be given per sample ([B·G, ...], e.g. forced_tokens).
         """
         if group_size > 1:
-            batch = repeat_rows(batch, group_size)
-        return self._run(nnx.state(model), batch, rng)
+            _check_one_image_per_row(batch)
+        return self._run(nnx.state(model), batch, rng, group_size)
 
     # ----------------------------------------------------------------- prefill
-    def _rollout(self, params, batch, rng) -> Trajectory:
+    def _rollout(self, params, batch, rng, group_size: int) -> Trajectory:
         if self._sharding is None:
-            return self._rollout_in_context(params, batch, rng)
+            return self._rollout_in_context(params, batch, rng, group_size)
         with sharding.activation_rules(*self._sharding):
-            return self._rollout_in_context(params, batch, rng)
+            return self._rollout_in_context(params, batch, rng, group_size)
 
-    def _rollout_in_context(self, params, batch, rng) -> Trajectory:
+    def _rollout_in_context(self, params, batch, rng, group_size: int) -> Trajectory:
         model = nnx.merge(self.graphdef, params)
-        state = self._prefill(model, batch, rng)
+        state, logits = self._prefill(model, batch, rng)
+        if group_size > 1:  # the prompt is prefilled once; its G samples share the cache (copies)
+            rows = logits.shape[0] * group_size  # entries already given per sample (e.g. forced_tokens) stay
+            state, logits = _repeat_state(state, group_size), jnp.repeat(logits, group_size, axis=0)
+            batch = {k: v if v.shape[0] == rows else jnp.repeat(v, group_size, axis=0)
+                     for k, v in batch.items() if k not in _PACKED}
+            row_ids = batch.pop("row_ids", None)
+            member = jnp.tile(jnp.arange(group_size), rows // group_size)
+            keys = jnp.arange(rows) if row_ids is None else row_ids * group_size + member
+            state = state.replace(row_keys=jax.vmap(lambda i: jax.random.fold_in(rng, i))(keys))
+        if "forced_tokens" in batch:
+            state = state.replace(forced=batch["forced_tokens"].astype(jnp.int32))
+        state = self._append_sample(state, logits, state.phase == Phase.GENERATING,
+                                    advance=jnp.zeros(logits.shape[:1], jnp.int32))
 
         def running(state):
             return jnp.any(state.phase != Phase.DONE) & (state.step < self._max_steps)
@@ -192,7 +221,8 @@ class Engine:
     def _max_steps(self) -> int:
         return self.spec.max_new_tokens + 2 * self.spec.max_calls + 1
 
-    def _prefill(self, model, batch, rng) -> RolloutState:
+    def _prefill(self, model, batch, rng) -> tuple[RolloutState, jax.Array]:
+        """The prompts through the model: the state before the first sample, and the logits [B, V]."""
         cfg, spec = self.config, self.spec
         ids, mask = batch["input_ids"].astype(jnp.int32), batch["attention_mask"].astype(bool)
         b, p = ids.shape
@@ -227,11 +257,11 @@ class Engine:
             call_frames=jnp.zeros((b, c, per_call), jnp.int32), images=jnp.zeros((b, c * per_call, h, w, 3), jnp.uint8),
             source_boxes=jnp.zeros((b, i, 4), jnp.float32).at[:, 0, 2:].set(original_wh),
             shown_wh=jnp.ones((b, i, 2), jnp.float32).at[:, 0].set(view_wh), n_shown=jnp.ones((b,), jnp.int32),
-            forced=batch.get("forced_tokens", jnp.full((b, 1), -1, jnp.int32)).astype(jnp.int32),
+            forced=jnp.full((b, 1), -1, jnp.int32),  # set per sample once the groups are formed
             row_keys=jax.vmap(lambda i: jax.random.fold_in(rng, i))(batch.get("row_ids", jnp.arange(b))),
             step=jnp.int32(0),
         )
-        return self._append_sample(state, logits, state.phase == Phase.GENERATING, advance=jnp.zeros((b,), jnp.int32))
+        return state, logits
 
     # --------------------------------------------------------------- sampling
     def _append_sample(self, state: RolloutState, logits, rows, advance) -> RolloutState:
