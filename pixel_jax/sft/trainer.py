@@ -1,0 +1,172 @@
+"""Warm-start SFT (METHOD.md, Phase 1): next-token cross-entropy on the assistant's tokens of
+replayed trajectories, through the GRPO learner's own forward.
+
+    plan = plan_sft(create_model, SFTConfig(learning_rate=1e-4, total_steps=500), mesh, rules)
+    state = train_step.init_state(plan)        # TrainState(step, params, opt_state): orbax saves it
+    step = SFTStep(plan)
+    state, metrics = step(state, sft_batch)    # sft_batch from `sft.synthesize.Synthesizer`
+
+Objective, with m = `Trajectory.loss_mask`:
+
+    L(θ) = − Σ_{b,s} m_{b,s} · log π_θ(x_{b,s} | slots before s) / Σ_{b,s} m_{b,s}
+
+(the "token-mean" aggregation of `rl.grpo`; others can be chosen). m is 1 exactly on the tokens
+the assistant wrote — reasoning, calls, answer, end-of-turn token — and 0 on the prompt, the
+injected tool results and their image tokens, holes and padding rows: the RL learner's mask.
+log π_θ is `rollout.trajectory.token_logprobs` at temperature 1, the replay forward of the learner
+(the rollout's M-RoPE positions, holes skipped, crops re-patchified), so SFT and GRPO train one
+computation on one token layout.
+
+The update is `train_step.make_train_step` (sharded state, donated, AdamW after clipping), fed the
+trajectory's arrays as batch fields whose rows lie on the batch mesh axes. Shapes are fixed by the
+bucket (prompt length, response budget, calls, crop grid, view size): one compilation per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from pixel_jax import sharding, train_step
+from pixel_jax.rl import grpo
+from pixel_jax.rollout.trajectory import Trajectory, token_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """The optimizer and the loss aggregation of a warm-start run."""
+
+    learning_rate: float = 1e-5  # peak
+    warmup_steps: int = 0  # linear from 0 over this many updates
+    total_steps: int = 1000  # updates of the run, warm-up included; cosine to the end
+    end_learning_rate: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    aggregation: str = "token-mean"  # a name of rl.grpo.LOSS_AGGREGATIONS
+
+    def __post_init__(self):
+        problems = []
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate={self.learning_rate} must be > 0")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            problems.append(f"warmup_steps={self.warmup_steps} and weight_decay="
+                            f"{self.weight_decay} must be >= 0")
+        if self.total_steps <= self.warmup_steps:
+            problems.append(f"total_steps={self.total_steps} must exceed "
+                            f"warmup_steps={self.warmup_steps}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            problems.append(f"max_grad_norm={self.max_grad_norm} must be > 0 (or None)")
+        if self.aggregation not in grpo.LOSS_AGGREGATIONS:
+            problems.append(f"aggregation={self.aggregation!r} is not one of "
+                            f"{grpo.LOSS_AGGREGATIONS.names()}")
+        if problems:
+            raise ValueError("Invalid SFTConfig: " + "; ".join(problems))
+
+
+@flax.struct.dataclass
+class SFTBatch:
+    """Replayed trajectories and the prompt image of each row (as given to the rollout)."""
+
+    trajectory: Trajectory
+    prompt_pixel_values: jax.Array  # [B, P0, patch_dim]
+    prompt_grid_thw: jax.Array  # [B, 3]
+
+
+def learning_rate_schedule(config: SFTConfig) -> optax.Schedule:
+    """Linear warm-up 0 → learning_rate, then cosine to end_learning_rate at total_steps."""
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                              config.total_steps, config.end_learning_rate)
+
+
+def make_optimizer(config: SFTConfig) -> optax.GradientTransformation:
+    """Clip by global norm → AdamW (decay on matrices) with `learning_rate_schedule`."""
+    return train_step.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay,
+                            b1=config.b1, b2=config.b2, eps=config.adam_eps,
+                            max_grad_norm=config.max_grad_norm)
+
+
+def sft_loss(model: nnx.Module, batch: SFTBatch,
+             aggregation: str = "token-mean") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L(θ) (module docstring) and the number of target tokens."""
+    trajectory = batch.trajectory
+    at_one = trajectory.replace(temperature=jnp.ones_like(trajectory.temperature))
+    logprobs = token_logprobs(model, at_one, batch.prompt_pixel_values,
+                              batch.prompt_grid_thw)  # [B, S] log π_θ at T = 1
+    mask = trajectory.loss_mask.astype(bool)  # [B, S]
+    loss = grpo.LOSS_AGGREGATIONS.get(aggregation)(-logprobs, mask)
+    return loss, {"target_tokens": mask.sum().astype(jnp.float32)}
+
+
+def plan_sft(create_model: Callable[[], nnx.Module], config: SFTConfig, mesh: Mesh,
+             rules: sharding.Rules) -> train_step.TrainPlan:
+    """Parameter and optimizer shardings of an SFT run (nothing allocated)."""
+    return train_step.plan_training(create_model, make_optimizer(config), mesh, rules)
+
+
+# ------------------------------------------------------------------------------ the step
+
+_TRAJECTORY_FIELDS = tuple(f.name for f in dataclasses.fields(Trajectory) if f.name != "prompt_len")
+
+
+def _fields(batch: SFTBatch) -> dict[str, jax.Array]:
+    """The batch as named arrays (the Trajectory's arrays, then the prompt images)."""
+    fields = {name: getattr(batch.trajectory, name) for name in _TRAJECTORY_FIELDS
+              if getattr(batch.trajectory, name) is not None}
+    return {**fields, "prompt_pixel_values": batch.prompt_pixel_values,
+            "prompt_grid_thw": batch.prompt_grid_thw}
+
+
+def _field_axes(fields: dict[str, jax.Array]) -> dict[str, sharding.LogicalAxes]:
+    """Logical axes of each field: its row axis (1 for positions [3, B, S], else 0) is the batch."""
+    axes = {}
+    for name, value in fields.items():
+        row_axis = 1 if name == "positions" else 0
+        axes[name] = tuple("activation_batch" if d == row_axis else None for d in range(value.ndim))
+    return axes
+
+
+class SFTStep:
+    """(state, SFTBatch) → (state, metrics): the jitted `train_step` update of `plan`, compiled
+    once per bucket (prompt length and field ranks; jit specialises on the shapes itself).
+
+    The state is donated. Metrics (replicated scalars): loss, grad_norm (before clipping),
+    target_tokens, learning_rate (the rate this update used).
+    """
+
+    def __init__(self, plan: train_step.TrainPlan, config: SFTConfig):
+        self.plan, self.config = plan, config
+        self._schedule = learning_rate_schedule(config)
+        self._steps: dict = {}
+
+    def __call__(self, state: train_step.TrainState, batch: SFTBatch):
+        fields = _fields(batch)
+        axes = _field_axes(fields)
+        prompt_len = batch.trajectory.prompt_len
+        key = (prompt_len, tuple(sorted((name, len(a)) for name, a in axes.items())))
+        if key not in self._steps:
+            self._steps[key] = train_step.make_train_step(
+                self.plan, train_step.batch_axes((), **axes), self._loss(prompt_len))
+        shardings = sharding.batch_shardings(axes, self.plan.mesh, self.plan.rules)
+        placed = jax.device_put(fields, shardings)
+        learning_rate = self._schedule(state.step)
+        state, metrics = self._steps[key](state, placed)
+        return state, {**metrics, "learning_rate": learning_rate}
+
+    def _loss(self, prompt_len: int) -> train_step.LossFn:
+        def loss(model: nnx.Module, fields: train_step.Batch):
+            arrays = {name: fields[name] for name in _TRAJECTORY_FIELDS if name in fields}
+            trajectory = Trajectory(**arrays, prompt_len=prompt_len)
+            return sft_loss(model, SFTBatch(trajectory, fields["prompt_pixel_values"],
+                                            fields["prompt_grid_thw"]), self.config.aggregation)
+
+        return loss
