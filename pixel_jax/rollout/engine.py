@@ -52,7 +52,7 @@ class FinishReason(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSpec:
-    """Static settings of one compiled rollout (hashable: a jit static argument)."""
+    """Static settings of one compiled rollout."""
 
     max_new_tokens: int  # sampled tokens per response, calls included
     stop_ids: tuple[int, ...]
@@ -272,10 +272,9 @@ class Engine:
         later = state.n_calls > 0
         temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
         top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
-        top_k = max(spec.first_turn.top_k, spec.later_turns.top_k)
-        if spec.first_turn.top_k != spec.later_turns.top_k and min(spec.first_turn.top_k, spec.later_turns.top_k):
-            raise ValueError("first and later turns must share top_k (it is a static shape)")
-        token, logprob = sampling.sample(logits, keys, temperature, top_k, top_p)
+        top_k = jnp.where(later, spec.later_turns.top_k, spec.first_turn.top_k)
+        token, logprob = sampling.sample(logits, keys, temperature, top_k, top_p,
+                                         max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
         forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
                                      axis=1)[:, 0]
         forced = jnp.where(state.n_sampled < state.forced.shape[1], forced, -1)

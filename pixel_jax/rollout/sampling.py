@@ -30,11 +30,14 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) -> tuple[jax.Array, jax.Array]:
+def sample(
+    logits: jax.Array, key: jax.Array, temperature, top_k, top_p, max_top_k: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
 
     key: one key, or one per row [B] (then a row's draw does not depend on the other rows).
-    temperature, top_p: scalars or [B] (per row); top_k: a static int (0 = off).
+    temperature, top_p: scalars or [B] (per row). top_k: an int or [B] per row (0 = off), at most
+    the static max_top_k (default: top_k itself, which must then be a Python int).
     """
     b = logits.shape[0]
     temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (b,))
@@ -43,8 +46,12 @@ def sample(logits: jax.Array, key: jax.Array, temperature, top_k: int, top_p) ->
     scaled = logits / effective_temperature(temperature)[:, None]  # [B, V]
 
     filtered = scaled
-    if top_k:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]  # [B, 1]
+    max_top_k = top_k if max_top_k is None else max_top_k
+    if max_top_k:
+        row_top_k = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), (b,))
+        best = jax.lax.top_k(scaled, max_top_k)[0]  # [B, max_top_k]
+        kth = jnp.take_along_axis(best, jnp.maximum(row_top_k - 1, 0)[:, None], axis=1)  # [B, 1]
+        kth = jnp.where(row_top_k[:, None] > 0, kth, -jnp.inf)
         filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
     # top-p: keep the smallest set of most likely tokens whose mass reaches p (always ≥ 1 token).
     order = jnp.argsort(-filtered, axis=-1)  # [B, V]

@@ -95,6 +95,15 @@ def test_top_k_and_top_p_restrict_the_support():
     np.testing.assert_allclose(np.bincount(np.asarray(free), minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
 
+def test_top_k_per_row():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    rows_k = jnp.where(jnp.arange(4000) < 2000, 1, 0)  # first half top-1, second half unrestricted
+    tokens, _ = sampling.sample(logits, jax.random.key(0), 1.0, rows_k, 1.0, max_top_k=2)
+    tokens = np.asarray(tokens)
+    assert set(tokens[:2000].tolist()) == {0}
+    assert set(tokens[2000:].tolist()) == {0, 1, 2, 3}
+
+
 def test_sampling_params_are_validated():
     with pytest.raises(ValueError, match="top_p must be in"):
         sampling.SamplingParams(top_p=0.0)
