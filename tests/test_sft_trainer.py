@@ -18,6 +18,7 @@ from flax import nnx
 import sft_fixtures as fx
 from pixel_jax import sharding, train_step
 from pixel_jax.processing import image as image_processing
+from pixel_jax.rollout.inputs import rollout_inputs
 from pixel_jax.sft import synthesize, trainer
 from pixel_jax.tools.errors import ToolError
 from pixel_jax.tools.protocols import PROTOCOLS
@@ -205,7 +206,7 @@ def first_call_parses(tok, trajectory, row: int) -> bool:
 def greedy_call_rate(model, batch) -> float:
     """Fraction of the rows of `batch` whose greedy response makes a well-formed first call."""
     synthesizer, tok = fx.synthesizer(), fx.tokenizer()
-    inputs = synthesize.rollout_inputs(batch, synthesizer.protocol, tok, fx.CONFIG.prompt_len)
+    inputs = rollout_inputs(batch, synthesizer.protocol, tok, fx.CONFIG.prompt_len)
     inputs["forced_tokens"] = np.full((len(batch.examples), fx.CONFIG.max_new_tokens), -1, np.int32)
     trajectory = synthesizer.engine(model, {k: jnp.asarray(v) for k, v in inputs.items()},
                                     jax.random.key(0))

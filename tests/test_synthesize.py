@@ -16,6 +16,7 @@ from PIL import Image
 import sft_fixtures as fx
 from pixel_jax.data.example import Example
 from pixel_jax.processing.tokenizer import SPECIAL_TOKEN_TEXT
+from pixel_jax.rollout.inputs import question_text, rollout_inputs
 from pixel_jax.sft import synthesize
 from pixel_jax.tools import crop as crop_ops
 from pixel_jax.tools.errors import ToolError
@@ -296,7 +297,7 @@ def test_where_in_image_and_question_text():
     image = np.zeros((4, 4, 3), np.uint8)
     example = Example(id="q", question="Where?", answers=("B",), answer_metric="multiple_choice",
                       image=image, options=("left", "right"))
-    assert synthesize.question_text(example) == "Where?\n(A) left\n(B) right"
+    assert question_text(example) == "Where?\n(A) left\n(B) right"
     vqa = Example(id="v", question="What?", answers=("a", "b", "b"), answer_metric="vqa", image=image)
     assert synthesize.final_answer(vqa) == "b"
     with pytest.raises(ValueError, match="'t' has no answer"):
@@ -314,7 +315,7 @@ def test_bad_configs_and_inputs_raise_clear_errors(replayed):
     batch, _, _ = replayed
     too_long = r"'synthetic/train/0': its prompt has \d+ tokens, more than prompt_len=100"
     with pytest.raises(ValueError, match=too_long):
-        synthesize.rollout_inputs(batch, HERMES, fx.tokenizer(), prompt_len=100)
+        rollout_inputs(batch, HERMES, fx.tokenizer(), prompt_len=100)
     video = dataclasses.replace(batch, view=np.repeat(batch.view, 2, axis=1))
     with pytest.raises(ValueError, match="holds videos of 2 frame slots"):
-        synthesize.rollout_inputs(video, HERMES, fx.tokenizer(), prompt_len=600)
+        rollout_inputs(video, HERMES, fx.tokenizer(), prompt_len=600)
