@@ -1,0 +1,141 @@
+"""What a run builds from its config (configs/*.py): placement, model, tokenizer, tools, engine, data.
+
+Shared by the entry points (`pixel_jax.train` for sft and grpo, `pixel_jax.evaluate`) so that
+every phase reads a config section the same way:
+
+    run = Experiment.from_config(config)             # mesh, rules, tokenizer, protocol, tool tables
+    model = run.load_model(config.model.init)         # random (tiny), a HF folder or a checkpoint
+    engine = run.engine(model, config.rollout)        # the compiled multi-turn rollout
+    batches = run.batches(config.data)                # a resumable grain iterator of pipeline Batches
+    inputs = run.rollout_inputs(batch, config.rollout) # the engine's inputs, placed row-sharded
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from pixel_jax import checkpoint, config_validation, sharding
+from pixel_jax.data import pipeline
+from pixel_jax.models import qwen2_5_vl as qvl
+from pixel_jax.processing.tokenizer import Tokenizer, load_tokenizer
+from pixel_jax.rollout import engine as engine_lib
+from pixel_jax.rollout import inputs as rollout_inputs_lib
+from pixel_jax.rollout.tool_step import ToolTables
+from pixel_jax.tools.protocols import PROTOCOLS, ToolProtocol
+
+ROW_AXES = ("activation_batch",)  # the rollout's inputs are split by rows over the batch mesh axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The pieces every phase of a run shares (see the module docstring)."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    rules: sharding.Rules
+    model_config: qvl.Qwen2_5_VLConfig
+    tok: Tokenizer
+    protocol: ToolProtocol
+    tables: ToolTables
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
+        """Placement (`mesh`, `sharding_rules`), the architecture, the tokenizer (the init folder's
+        when it has one, else the packaged one) and the zoom tool tables of `config.tools`."""
+        mesh = sharding.make_mesh(config.mesh.to_dict())
+        rules = sharding.make_rules(config.sharding_rules.to_dict())
+        model_config = config_validation.model_config(config.model)
+        init = epath.Path(config.model.init) if config.model.init else None
+        tok = load_tokenizer(init if init is not None and (init / "tokenizer.json").is_file() else None)
+        protocol = PROTOCOLS.get(config.protocol)
+        rollout = config.rollout if "rollout" in config else config.sft.rollout
+        tables = ToolTables.build(protocol, tok, model_config, max_calls=rollout.max_calls,
+                                  crop_hw=tuple(config.tools.crop_hw), window=config.tools.parser_window)
+        return cls(config, mesh, rules, model_config, tok, protocol, tables)
+
+    # ------------------------------------------------------------------------- model
+    def create_model_fn(self) -> Callable[[], qvl.Qwen2_5_VL]:
+        """Builds the model with random weights from `config.seed` (what plans trace abstractly)."""
+        model_config, seed = self.model_config, self.config.seed
+        return lambda: qvl.Qwen2_5_VL(model_config, rngs=nnx.Rngs(seed))
+
+    def load_model(self, init: str) -> qvl.Qwen2_5_VL:
+        """The model with its parameters on their shardings: random ("" ), a Hugging Face folder
+        (config.json), or the `params` of a pixel_jax checkpoint (a run's work directory, e.g. the
+        SFT phase of a GRPO run)."""
+        if not init:
+            return sharding.create_sharded(self.create_model_fn(), self.mesh, self.rules)
+        folder = epath.Path(init)
+        if (folder / "config.json").is_file():
+            return qvl.from_pretrained(folder, dtype=jnp.dtype(self.model_config.param_dtype), mesh=self.mesh,
+                                       sharding_rules=self.rules,
+                                       compute_dtype=jnp.dtype(self.model_config.dtype))
+        graphdef, abstract = nnx.split(nnx.eval_shape(self.create_model_fn()))
+        shardings = sharding.state_shardings(abstract, self.mesh, self.rules)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        return nnx.merge(graphdef, checkpoint.restore_params(folder, abstract))
+
+    # ----------------------------------------------------------------------- rollout
+    def rollout_spec(self, rollout: ml_collections.ConfigDict) -> engine_lib.RolloutSpec:
+        """The static settings of a `config.rollout` section: budgets, stop tokens, sampling, tools."""
+        first_turn, later_turns = config_validation.sampling_params(rollout)
+        special = self.tok.special
+        return engine_lib.RolloutSpec(max_new_tokens=rollout.max_new_tokens,
+                                      stop_ids=(special.im_end, special.endoftext), first_turn=first_turn,
+                                      later_turns=later_turns, max_calls=rollout.max_calls, tools=self.tables)
+
+    def engine(self, model: qvl.Qwen2_5_VL, rollout: ml_collections.ConfigDict) -> engine_lib.Engine:
+        return engine_lib.Engine(model, self.rollout_spec(rollout), mesh=self.mesh, rules=self.rules)
+
+    def rollout_inputs(self, batch: pipeline.Batch, rollout: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+        """The engine's inputs for this process's `batch`, as global arrays whose rows are split
+        over the batch mesh axes (the processes' batches concatenated in process order)."""
+        arrays = rollout_inputs_lib.rollout_inputs(batch, self.protocol, self.tok, rollout.max_prompt_len)
+        return {name: self.place_rows(value) for name, value in arrays.items()}
+
+    def row_sharding(self, global_shape: tuple[int, ...]) -> jax.sharding.NamedSharding:
+        """Axis 0 (rows) split over the batch mesh axes that divide it, the other axes replicated."""
+        axes = ROW_AXES + (None,) * (len(global_shape) - 1)
+        return sharding.logical_sharding(axes, self.mesh, self.rules, global_shape)
+
+    def place_rows(self, local: np.ndarray) -> jax.Array:
+        """The global array whose rows are every process's `local` rows, in process order."""
+        local = np.asarray(local)
+        global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+        return jax.make_array_from_process_local_data(self.row_sharding(global_shape), local, global_shape)
+
+    def local_rows(self, tree, row_axis: int = 0):
+        """This process's rows (those its `place_rows` gave) of every array of `tree`, as numpy."""
+        def local(x):
+            x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+            rows = sharding.process_rows(self.row_sharding((x.shape[row_axis],)), x.shape[row_axis])
+            return np.take(x, np.arange(rows.start, rows.stop), axis=row_axis)
+
+        return jax.tree.map(local, tree)
+
+    # -------------------------------------------------------------------------- data
+    def source(self, data: ml_collections.ConfigDict):
+        """Random access to the Examples of a `data` section's split."""
+        synthetic = config_validation.synthetic_config(data) if data.source == "synthetic" else None
+        return pipeline.example_source(data.source, data.split, data_dir=self.config.data_dir or None,
+                                       manual_dir=data.manual_dir or None, synthetic=synthetic,
+                                       num_examples=data.num_examples)
+
+    def batches(self, data: ml_collections.ConfigDict, *, num_examples: int = 0) -> grain.DatasetIterator:
+        """A checkpointable iterator of the section's pipeline Batches; `num_examples` > 0 reads only
+        the first that many examples of the split (an evaluation subset)."""
+        source = self.source(data)
+        if num_examples:
+            source = grain.MapDataset.source(source)[: min(num_examples, len(source))]
+        return iter(pipeline.build_dataset(source, config_validation.pipeline_config(data)))
