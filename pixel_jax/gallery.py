@@ -127,6 +127,25 @@ def gallery_entry(trajectory, row: int, tables: ToolTables, *, original: np.ndar
         reward_parts={name: float(value) for name, value in reward_parts.items()})
 
 
+def batch_entries(trajectory, batch, scores, tables: ToolTables, *, group_size: int = 1,
+                  rows: Sequence[int] = (0,), extra: Mapping[str, np.ndarray] | None = None) -> list[GalleryEntry]:
+    """Gallery entries of rows of a rollout of a pipeline `batch` (`data.pipeline.Batch`), row b
+    answering prompt b // group_size; `scores`: the rows' `rl.scoring.Scores`; `extra`: more [B]
+    reward parts to show (e.g. the shaped reward, bonus and penalty)."""
+    entries = []
+    for row in rows:
+        prompt = row // group_size
+        height, width = (int(side) for side in batch.original_size[prompt])
+        example = batch.examples[prompt]
+        view_hw = batch.view.shape[2:4]
+        parts = {**scores.row_parts(row), **{name: float(values[row]) for name, values in (extra or {}).items()}}
+        entries.append(gallery_entry(
+            trajectory, row, tables, original=batch.original[prompt, 0, :height, :width],
+            view_wh=(view_hw[1], view_hw[0]), question=example.question, answer=" | ".join(example.answers),
+            text="\n\n".join(scores.turns[row]), reward_parts=parts))
+    return entries
+
+
 # ---------------------------------------------------------------------------- rendering
 def draw_boxes(image: np.ndarray, boxes: Sequence[np.ndarray | None], max_side: int) -> PIL.Image.Image:
     """`image` shrunk to at most `max_side` px, with box i (original px) outlined in PALETTE[i] and
