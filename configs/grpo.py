@@ -104,4 +104,5 @@ def _warm_start_config(arg: str | None, config: ml_collections.ConfigDict) -> ml
         warm_start[key] = shared if isinstance(shared, ml_collections.ConfigDict) else config.get_ref(key)
     warm_start.seed = config.get_ref("seed")
     warm_start.run_name = config.get_ref("run_name") + "/sft"
+    warm_start.workdir = config.get_ref("workdir") + "/sft"
     return warm_start

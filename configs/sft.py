@@ -41,6 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                      source=dataset.sft_source)
     config.synthesis = ml_collections.ConfigDict({
         "kind_weights": {"single_pass": 2.0, "self_correction": 1.0, "textual": 1.0},
+        # examples of the training split scripted and replayed once into <workdir>/trajectories,
+        # the warm-start set the steps cycle over (0 = the whole split)
+        "num_examples": by_scale(128, 0, 8),
     })
     config.rollout = common.rollout_config(args, "train", max_new_tokens=common.max_new_tokens(args), greedy=True)
 

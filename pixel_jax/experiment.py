@@ -34,7 +34,7 @@ from pixel_jax.rollout import inputs as rollout_inputs_lib
 from pixel_jax.rollout.tool_step import ToolTables
 from pixel_jax.tools.protocols import PROTOCOLS, ToolProtocol
 
-ROW_AXES = ("activation_batch",)  # the rollout's inputs are split by rows over the batch mesh axes
+ROW_AXIS = "activation_batch"  # the logical name of the rows of rollout inputs and outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,16 +104,19 @@ class Experiment:
         arrays = rollout_inputs_lib.rollout_inputs(batch, self.protocol, self.tok, rollout.max_prompt_len)
         return {name: self.place_rows(value) for name, value in arrays.items()}
 
-    def row_sharding(self, global_shape: tuple[int, ...]) -> jax.sharding.NamedSharding:
-        """Axis 0 (rows) split over the batch mesh axes that divide it, the other axes replicated."""
-        axes = ROW_AXES + (None,) * (len(global_shape) - 1)
+    def row_sharding(self, global_shape: tuple[int, ...], row_axis: int = 0) -> jax.sharding.NamedSharding:
+        """The rows (`row_axis`) split over the batch mesh axes that divide them, the rest replicated."""
+        axes = tuple(ROW_AXIS if d == row_axis else None for d in range(len(global_shape)))
         return sharding.logical_sharding(axes, self.mesh, self.rules, global_shape)
 
-    def place_rows(self, local: np.ndarray) -> jax.Array:
+    def place_rows(self, local: np.ndarray, row_axis: int = 0) -> jax.Array:
         """The global array whose rows are every process's `local` rows, in process order."""
         local = np.asarray(local)
-        global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-        return jax.make_array_from_process_local_data(self.row_sharding(global_shape), local, global_shape)
+        global_shape = list(local.shape)
+        global_shape[row_axis] *= jax.process_count()
+        global_shape = tuple(global_shape)
+        return jax.make_array_from_process_local_data(self.row_sharding(global_shape, row_axis), local,
+                                                      global_shape)
 
     def local_rows(self, tree, row_axis: int = 0):
         """This process's rows (those its `place_rows` gave) of every array of `tree`, as numpy."""
@@ -132,10 +135,15 @@ class Experiment:
                                        manual_dir=data.manual_dir or None, synthetic=synthetic,
                                        num_examples=data.num_examples)
 
-    def batches(self, data: ml_collections.ConfigDict, *, num_examples: int = 0) -> grain.DatasetIterator:
-        """A checkpointable iterator of the section's pipeline Batches; `num_examples` > 0 reads only
-        the first that many examples of the split (an evaluation subset)."""
+    def batches(self, data: ml_collections.ConfigDict, *, num_examples: int = 0,
+                single_pass: bool = False) -> grain.DatasetIterator:
+        """A checkpointable iterator of the section's pipeline Batches (this process's shard);
+        `num_examples` > 0 reads only the first that many examples of the split (a subset);
+        `single_pass` reads them once, whatever the section's `num_epochs`."""
         source = self.source(data)
         if num_examples:
             source = grain.MapDataset.source(source)[: min(num_examples, len(source))]
-        return iter(pipeline.build_dataset(source, config_validation.pipeline_config(data)))
+        config = config_validation.pipeline_config(data)
+        if single_pass:
+            config = dataclasses.replace(config, num_epochs=1)
+        return iter(pipeline.build_dataset(source, config))

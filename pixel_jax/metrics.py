@@ -47,12 +47,12 @@ class MetricWriter:
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.path = workdir / METRICS_FILE
-        if start_step and self.path.exists():
+        if self.path.exists():  # records of steps a resumed run redoes (all of them at 0) go
             kept = [record for record in read_metrics(workdir) if record["step"] < start_step]
             self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         self._jsonl = self.path.open("a")
         self._tensorboard = tensorboardX.SummaryWriter(str(workdir / TENSORBOARD_DIR),
-                                                       purge_step=start_step or None)
+                                                       purge_step=start_step)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """One record of `metrics` at `step`, stamped with the wall time."""
