@@ -1,0 +1,71 @@
+"""The notebooks of notebooks/ execute top to bottom without an error, as a user runs them.
+
+Each runs in a fresh python3 kernel (nbclient) started in the notebooks/ folder, as Jupyter
+starts it. The kernel sees one CPU device, like a CPU Colab runtime: the 8 fake devices that
+tests/conftest.py sets for the test process are taken out of its environment. The notebooks are
+stored without outputs: a stored output would hide whether the code still produces it.
+"""
+
+import os
+import pathlib
+
+import nbclient
+import nbformat
+import pytest
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_NAMES = ("quickstart.ipynb",)
+CELL_TIMEOUT_S = 600
+
+
+def kernel_env() -> dict[str, str]:
+    """This process's environment without the fake device count of tests/conftest.py."""
+    env = dict(os.environ)
+    flags = [flag for flag in env.pop("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count")]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    """Runs notebooks/<name> in a new kernel; raises CellExecutionError on the first failing cell."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S,
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute(env=kernel_env())
+    return notebook
+
+
+def outputs_of(notebook: nbformat.NotebookNode, kind: str) -> list:
+    """Every output of type `kind` ("display_data", "stream", ...) of the executed code cells."""
+    return [output for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.outputs if output.output_type == kind]
+
+
+def images_shown(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in output.data for output in outputs_of(notebook, "display_data"))
+
+
+def printed(notebook: nbformat.NotebookNode) -> str:
+    return "".join(output.text for output in outputs_of(notebook, "stream") if output.name == "stdout")
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_notebook_is_stored_without_outputs_and_starts_with_the_colab_install(name):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert '"google.colab" in sys.modules' in code[0].source
+    assert 'pip install -q -e ".[dev]"' in code[0].source
+
+
+@pytest.mark.slow
+def test_quickstart_shows_the_zoom_of_a_rollout():
+    notebook = execute("quickstart.ipynb")
+    text = printed(notebook)
+    assert images_shown(notebook) == 2  # the question's view and original; the zoom and its crop
+    assert "crop_image(box=" in text and "→ image 2, region" in text  # the replayed call succeeded
+    assert "'reward': 1.0" in text  # the script's answer is right
