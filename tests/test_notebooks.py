@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOK_NAMES = ("quickstart.ipynb",)
+NOTEBOOK_NAMES = ("quickstart.ipynb", "curiosity_reward.ipynb")
 CELL_TIMEOUT_S = 600
 
 
@@ -69,3 +69,13 @@ def test_quickstart_shows_the_zoom_of_a_rollout():
     assert images_shown(notebook) == 2  # the question's view and original; the zoom and its crop
     assert "crop_image(box=" in text and "→ image 2, region" in text  # the replayed call succeeded
     assert "'reward': 1.0" in text  # the script's answer is right
+
+
+def test_curiosity_reward_plots_both_variants():
+    notebook = execute("curiosity_reward.ipynb")
+    text = printed(notebook)
+    assert images_shown(notebook) == 3  # bonus against RaPR, penalty against n_vo, α by dual ascent
+    # one operating response in a group of 8, H = 0.3: 0.5·(0.3 − 1/8) and (0.3 − 1/8)/2·0.25·8
+    assert "paper: RaPR 0.125 → 0.0875" in text
+    assert "official_code: RaPR 0.125 → 0.1750" in text
+    assert "penalty: [ 0.    0.   -0.05 -0.1  -0.15 -0.2  -0.25 -0.3 ]" in text  # 0.05·min(1 − n_vo, 0)
