@@ -35,14 +35,14 @@ def hand_built_report() -> benchmarks.EvalReport:
     """A report whose first batch holds 2 examples and 1 padding row, one zoom call in row 0."""
     corner = Example(id="q0", question="Which corner?", answers=("B",), answer_metric="multiple_choice",
                      options=("top left", "top right"), image=np.zeros((6, 8, 3), np.uint8))
-    count = Example(id="q1", question="Which shape?", answers=("disc", "circle"), answer_metric="exact_match",
+    shape = Example(id="q1", question="Which shape?", answers=("disc", "circle"), answer_metric="exact_match",
                     image=np.zeros((8, 8, 3), np.uint8))
     original = np.zeros((3, 1, 10, 10, 3), np.uint8)  # [B, T, Hc, Wc, 3]
     original[0, 0, :6, :8] = 255
     batch = Batch(view=np.zeros((3, 1, 28, 56, 3), np.uint8), original=original,
                   original_size=np.array([[6, 8], [8, 8], [8, 8]], np.int32), original_scale=np.ones(3, np.float32),
                   num_frames=np.ones(3, np.int32), target_box=np.full((3, 4), np.nan, np.float32),
-                  valid=np.array([True, True, False]), examples=(corner, count, count))
+                  valid=np.array([True, True, False]), examples=(corner, shape, shape))
     trajectory = types.SimpleNamespace(
         n_calls=np.array([1, 0, 0]), call_errors=np.zeros((3, 1), np.int32), n_crops=np.array([1, 0, 0]),
         call_boxes=np.array([[[0, 0, 28, 28]]] * 3, np.float32), call_targets=np.ones((3, 1), np.int32),
@@ -54,7 +54,7 @@ def hand_built_report() -> benchmarks.EvalReport:
     records = (ResponseRecord("q0", "", "", 1.0, 1.0, 1, 0, "zoom" + TURN_SEPARATOR + "\\boxed{B}"),
                ResponseRecord("q1", "", "", 0.0, 0.0, 0, 0, "\\boxed{4}"))
     metrics = {"accuracy": 0.5, "rapr": 0.5, "num_examples": 2.0, "failed_call_rate": 1 / 3}
-    return benchmarks.EvalReport(metrics, records, benchmarks._FirstBatch(batch, trajectory, scores, tables))
+    return benchmarks.EvalReport(metrics, records, benchmarks.FirstBatch(batch, trajectory, scores, tables))
 
 
 def test_the_report_writes_its_table_and_records(tmp_path):
@@ -131,7 +131,7 @@ index, port = int(sys.argv[1]), sys.argv[2]
 jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)
 mine = [ResponseRecord(id=f"p{index}/{k}", category="c", group="", correct=1.0, reward=0.5, n_calls=k,
                        n_failed_calls=0, response="é" * (k + 3 * index)) for k in range(index + 1)]
-print(json.dumps([record.id + ":" + record.response for record in benchmarks._all_processes(mine)]))
+print(json.dumps([record.id + ":" + record.response for record in benchmarks.all_process_records(mine)]))
 """
 
 

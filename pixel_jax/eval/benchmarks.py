@@ -8,8 +8,10 @@
 Decoding is whatever the rollout section says (evaluation configs: greedy, T = 0). The engine is
 built from the first model's graph and reused: later calls may pass a new model object of the same
 graph (a training run's current parameters) without recompiling. In a multi-process run every
-process rolls out its rows, scores them against its own examples, and the records of all processes
-are gathered, so every process holds the same report.
+process rolls out its rows (its pipeline's batches, which must match the other processes' in number
+and shape: each rollout is one collective program), scores them against its own examples, and the
+records of all processes are gathered, so every process holds the same metrics and records; the
+gallery shows the process's own first rows.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ REPORT_MARKDOWN = "report.md"
 
 
 @dataclasses.dataclass(frozen=True)
-class _FirstBatch:
+class FirstBatch:
     """What the gallery shows: the first batch, this process's rows of its rollout and their scores."""
 
     batch: Batch
@@ -55,7 +57,7 @@ class EvalReport:
 
     metrics: dict[str, float]
     records: tuple[ResponseRecord, ...]
-    first_batch: _FirstBatch = dataclasses.field(repr=False)
+    first_batch: FirstBatch = dataclasses.field(repr=False)
 
     def table(self) -> str:
         """The metrics as a markdown table (4 decimals, trailing zeros dropped: 0.375, 1000)."""
@@ -115,10 +117,10 @@ class Evaluator:
             records += metrics_lib.response_records(batch.examples, batch.valid, scores, trajectory.n_calls,
                                                     trajectory.n_errors)
             if first_batch is None:
-                first_batch = _FirstBatch(batch, trajectory, scores, self.run.tables)
+                first_batch = FirstBatch(batch, trajectory, scores, self.run.tables)
         if first_batch is None:
             raise ValueError("Evaluator: `batches` yielded no batch (an empty evaluation split?)")
-        records = _all_processes(records)
+        records = all_process_records(records)
         return EvalReport(metrics_lib.aggregate(records), tuple(records), first_batch)
 
 
@@ -132,7 +134,7 @@ def _local_trajectory(run: Experiment, trajectory: Trajectory) -> Trajectory:
     return run.local_rows(trajectory.replace(positions=None)).replace(positions=positions)
 
 
-def _all_processes(records: list[ResponseRecord]) -> list[ResponseRecord]:
+def all_process_records(records: list[ResponseRecord]) -> list[ResponseRecord]:
     """The records of every process, in process order (each process's own when there is one)."""
     if jax.process_count() == 1:
         return records
