@@ -76,11 +76,13 @@ class ImageBudget:
 
 # Pixel Reasoner's budgets (METHOD.md): training inputs ≤ 2000 tokens and crops ≤ 1000; evaluation
 # inputs ≤ 8000 and crops ≤ 5120. Static shapes take the largest buckets within them.
+# The CPU scales keep one square view bucket: every bucket is one more compilation of the rollout,
+# SFT and GRPO programs, which would dominate a run of minutes.
 IMAGE_BUDGETS = types.MappingProxyType({
-    ("cpu", "train"): ImageBudget(((224, 224), (224, 280), (280, 224)), crop_tokens=64),
-    ("cpu", "eval"): ImageBudget(((224, 224), (224, 280), (280, 224)), crop_tokens=64),
-    ("runlocal", "train"): ImageBudget(((112, 112), (112, 140), (140, 112)), crop_tokens=16),
-    ("runlocal", "eval"): ImageBudget(((112, 112), (112, 140), (140, 112)), crop_tokens=16),
+    ("cpu", "train"): ImageBudget(((224, 224),), crop_tokens=64),
+    ("cpu", "eval"): ImageBudget(((224, 224),), crop_tokens=64),
+    ("runlocal", "train"): ImageBudget(((112, 112),), crop_tokens=16),
+    ("runlocal", "eval"): ImageBudget(((112, 112),), crop_tokens=16),
     ("paper", "train"): ImageBudget(((1232, 1232), (1008, 1512), (1512, 1008)), crop_tokens=961),
     ("paper", "eval"): ImageBudget(((2492, 2492), (2044, 3052), (3052, 2044)), crop_tokens=5041),
 })
@@ -146,6 +148,7 @@ def base_config(kind: str, args: ml_collections.ConfigDict) -> ml_collections.Co
     config.workdir = "runs/" + config.get_ref("run_name")
     config.seed = 0
     config.distributed = "auto"  # pixel_jax.distributed.MODES
+    config.compilation_cache_dir = "~/.cache/pixel_jax/xla"  # persistent XLA cache: reruns skip compiling ("" = off)
     config.data_dir = ""  # TFDS root of the prepared datasets (every data= but synthetic)
     # Placement: a (data, fsdp, tensor) mesh, -1 filling the devices; logical axis → mesh axes.
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})

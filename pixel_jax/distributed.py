@@ -64,6 +64,9 @@ def is_main_process() -> bool:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Process 0 logs at `level`, every other process only errors: one copy of each message per run."""
+    """Process 0 logs pixel_jax's messages at `level`, every other process only errors: one copy of
+    each message per run. Libraries (orbax, absl, jax) log warnings and errors only."""
     logging.basicConfig(format=f"%(asctime)s [process {jax.process_index()}] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level if is_main_process() else logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING if is_main_process() else logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.WARNING if is_main_process() else logging.ERROR)
+    logging.getLogger("pixel_jax").setLevel(level if is_main_process() else logging.ERROR)

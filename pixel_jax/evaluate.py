@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from pixel_jax import config_validation, distributed
 from pixel_jax.eval.benchmarks import Evaluator
-from pixel_jax.experiment import Experiment
+from pixel_jax.experiment import Experiment, enable_compilation_cache
 from pixel_jax.gallery import GALLERY_DIR, write_gallery
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/eval.py[:arg]", lock_config=True)
@@ -33,6 +33,7 @@ def main(argv) -> None:
     distributed.initialize(config.distributed)
     distributed.configure_logging()
     config_validation.validate(config)
+    enable_compilation_cache(config.compilation_cache_dir)
 
     # ------------------------------------------------------------------------------ model
     run = Experiment.from_config(config)

@@ -13,6 +13,8 @@ every phase reads a config section the same way:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Callable
 
 import grain
@@ -32,9 +34,18 @@ from pixel_jax.processing.tokenizer import Tokenizer, load_tokenizer
 from pixel_jax.rollout import engine as engine_lib
 from pixel_jax.rollout import inputs as rollout_inputs_lib
 from pixel_jax.rollout.tool_step import ToolTables
+from pixel_jax.rollout.trajectory import Trajectory
 from pixel_jax.tools.protocols import PROTOCOLS, ToolProtocol
 
+_ENGINES: dict[tuple, engine_lib.Engine] = {}  # see Experiment.engine
 ROW_AXIS = "activation_batch"  # the logical name of the rows of rollout inputs and outputs
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Keeps compiled XLA programs in `directory` (`config.compilation_cache_dir`; "" = off), so that a
+    rerun, a resumed run or another run of the same shapes skips compiling them."""
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +107,15 @@ class Experiment:
                                       later_turns=later_turns, max_calls=rollout.max_calls, tools=self.tables)
 
     def engine(self, model: qvl.Qwen2_5_VL, rollout: ml_collections.ConfigDict) -> engine_lib.Engine:
-        return engine_lib.Engine(model, self.rollout_spec(rollout), mesh=self.mesh, rules=self.rules)
+        """The compiled rollout of a `config.rollout` section. Engines are shared by every phase of
+        the process with the same architecture, placement, protocol, tools and section (a GRPO
+        run's evaluation reuses its SFT phase's program instead of compiling it again)."""
+        key = (self.model_config, tuple(self.mesh.devices.flat), self.mesh.axis_names,
+               tuple(sorted(self.rules.items())), self.protocol.name, json.dumps(self.config.tools.to_dict()),
+               json.dumps(rollout.to_dict(), sort_keys=True))
+        if key not in _ENGINES:
+            _ENGINES[key] = engine_lib.Engine(model, self.rollout_spec(rollout), mesh=self.mesh, rules=self.rules)
+        return _ENGINES[key]
 
     def rollout_inputs(self, batch: pipeline.Batch, rollout: ml_collections.ConfigDict) -> dict[str, jax.Array]:
         """The engine's inputs for this process's `batch`, as global arrays whose rows are split
@@ -126,6 +145,11 @@ class Experiment:
             return np.take(x, np.arange(rows.start, rows.stop), axis=row_axis)
 
         return jax.tree.map(local, tree)
+
+    def local_trajectory(self, trajectory: Trajectory) -> Trajectory:
+        """This process's rows of a rollout, as host numpy (positions [3, B, S] hold rows on axis 1)."""
+        positions = self.local_rows(trajectory.positions, row_axis=1)
+        return self.local_rows(trajectory.replace(positions=None)).replace(positions=positions)
 
     # -------------------------------------------------------------------------- data
     def source(self, data: ml_collections.ConfigDict):

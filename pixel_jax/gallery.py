@@ -26,6 +26,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from pixel_jax.rollout.inputs import question_text
 from pixel_jax.rollout.tool_step import ToolTables
 from pixel_jax.tools import crop as crop_ops
 from pixel_jax.tools.errors import ToolError
@@ -141,8 +142,8 @@ def batch_entries(trajectory, batch, scores, tables: ToolTables, *, group_size: 
         parts = {**scores.row_parts(row), **{name: float(values[row]) for name, values in (extra or {}).items()}}
         entries.append(gallery_entry(
             trajectory, row, tables, original=batch.original[prompt, 0, :height, :width],
-            view_wh=(view_hw[1], view_hw[0]), question=example.question, answer=" | ".join(example.answers),
-            text="\n\n".join(scores.turns[row]), reward_parts=parts))
+            view_wh=(view_hw[1], view_hw[0]), question=question_text(example), answer=" | ".join(example.answers),
+            text=scores.response_text(row), reward_parts=parts))
     return entries
 
 

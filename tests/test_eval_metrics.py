@@ -6,6 +6,7 @@ import pytest
 from pixel_jax.data.example import Example
 from pixel_jax.eval import metrics
 from pixel_jax.eval.metrics import ResponseRecord
+from pixel_jax.rl import scoring
 from pixel_jax.rl.scoring import Scores
 
 
@@ -71,7 +72,7 @@ def test_records_skip_the_padding_rows_of_a_partial_batch():
                                        n_calls=np.array([1, 0, 3]), n_failed_calls=np.array([1, 0, 3]))
     assert records == [
         ResponseRecord(id="e0", category="x", group="", correct=1.0, reward=1.0, n_calls=1, n_failed_calls=1,
-                       response="zoom" + metrics.TURN_SEPARATOR + "\\boxed{a}"),
+                       response="zoom" + scoring.TURN_SEPARATOR + "\\boxed{a}"),
         ResponseRecord(id="e1", category="y", group="", correct=0.0, reward=0.0, n_calls=0, n_failed_calls=0,
                        response="\\boxed{b}")]
     assert metrics.aggregate(records)["failed_call_rate"] == 1.0  # the padding row's 3 failed calls are not counted

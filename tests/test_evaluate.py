@@ -18,7 +18,8 @@ import pytest
 from pixel_jax.data.example import Example
 from pixel_jax.data.pipeline import Batch
 from pixel_jax.eval import benchmarks
-from pixel_jax.eval.metrics import TURN_SEPARATOR, ResponseRecord
+from pixel_jax.eval.metrics import ResponseRecord
+from pixel_jax.rl.scoring import TURN_SEPARATOR
 from pixel_jax.rl.scoring import Scores
 from pixel_jax.tools.protocols import ToolId
 

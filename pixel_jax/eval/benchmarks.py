@@ -30,7 +30,7 @@ from pixel_jax.data.pipeline import Batch
 from pixel_jax.eval import metrics as metrics_lib
 from pixel_jax.eval.metrics import ResponseRecord
 from pixel_jax.experiment import Experiment
-from pixel_jax.gallery import GalleryEntry, gallery_entry
+from pixel_jax.gallery import GalleryEntry, batch_entries
 from pixel_jax.models import qwen2_5_vl as qvl
 from pixel_jax.rl.scoring import Scores, score_rollouts
 from pixel_jax.rollout.inputs import question_text
@@ -79,17 +79,7 @@ class EvalReport:
         process evaluated (fewer when it holds fewer)."""
         first = self.first_batch
         rows = np.flatnonzero(first.batch.valid)[:k]
-        view_wh = first.batch.view.shape[3], first.batch.view.shape[2]  # [B, T, Hv, Wv, 3]
-        entries = []
-        for row in rows:
-            example = first.batch.examples[row]
-            height, width = first.batch.original_size[row]
-            entries.append(gallery_entry(
-                first.trajectory, int(row), first.tables, original=first.batch.original[row, 0, :height, :width],
-                view_wh=view_wh, question=question_text(example), answer=" | ".join(example.answers),
-                text=metrics_lib.TURN_SEPARATOR.join(first.scores.turns[row]),
-                reward_parts=first.scores.row_parts(int(row))))
-        return entries
+        return batch_entries(first.trajectory, first.batch, first.scores, first.tables, rows=[int(r) for r in rows])
 
 
 class Evaluator:
@@ -111,7 +101,7 @@ class Evaluator:
         records, first_batch = [], None
         for index, batch in enumerate(batches):
             inputs = self.run.rollout_inputs(batch, self.rollout)
-            trajectory = _local_trajectory(self.run, self.engine(model, inputs, jax.random.fold_in(rng, index)))
+            trajectory = self.run.local_trajectory(self.engine(model, inputs, jax.random.fold_in(rng, index)))
             scores = score_rollouts(trajectory, batch.examples, group_size=1, tok=self.run.tok,
                                     protocol=self.run.protocol, weights=self.weights)
             records += metrics_lib.response_records(batch.examples, batch.valid, scores, trajectory.n_calls,
@@ -126,12 +116,6 @@ class Evaluator:
 
 def _decimal(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".")
-
-
-def _local_trajectory(run: Experiment, trajectory: Trajectory) -> Trajectory:
-    """This process's rows of a rollout, as host numpy (positions [3, B, S] hold rows on axis 1)."""
-    positions = run.local_rows(trajectory.positions, row_axis=1)
-    return run.local_rows(trajectory.replace(positions=None)).replace(positions=positions)
 
 
 def all_process_records(records: list[ResponseRecord]) -> list[ResponseRecord]:

@@ -33,8 +33,6 @@ import numpy as np
 from pixel_jax.data.example import Example
 from pixel_jax.rl.scoring import Scores
 
-TURN_SEPARATOR = "\n[tool result]\n"  # between assistant turns in a record's response text
-
 
 @dataclasses.dataclass(frozen=True)
 class ResponseRecord:
@@ -47,7 +45,7 @@ class ResponseRecord:
     reward: float  # r(x, y)
     n_calls: int  # attempted visual operations
     n_failed_calls: int
-    response: str  # the assistant turns, joined by TURN_SEPARATOR
+    response: str  # the assistant turns, joined by rl.scoring.TURN_SEPARATOR
 
 
 def response_records(examples: Sequence[Example], valid: np.ndarray, scores: Scores, n_calls: np.ndarray,
@@ -64,7 +62,7 @@ def response_records(examples: Sequence[Example], valid: np.ndarray, scores: Sco
     return [ResponseRecord(id=example.id, category=example.category, group=example.group,
                            correct=float(scores.correct[row]), reward=float(scores.task_reward[row]),
                            n_calls=int(n_calls[row]), n_failed_calls=int(n_failed_calls[row]),
-                           response=TURN_SEPARATOR.join(scores.turns[row]))
+                           response=scores.response_text(row))
             for row, example in enumerate(examples) if valid[row]]
 
 

@@ -24,6 +24,9 @@ from pixel_jax.rollout.trajectory import Trajectory
 from pixel_jax.tools.protocols import ToolProtocol
 
 
+TURN_SEPARATOR = "\n[tool result]\n"  # between assistant turns in a response's text
+
+
 @dataclasses.dataclass(frozen=True)
 class Scores:
     """Per response (B rows): r(x, y), whether the answer is correct, each weighted part, the text."""
@@ -32,6 +35,10 @@ class Scores:
     correct: np.ndarray  # [B] float32 the example's own answer metric (accuracy), whatever the weights
     parts: dict[str, np.ndarray]  # name → [B] float32, the parts the weights name
     turns: tuple[tuple[str, ...], ...]  # [B] the decoded assistant turns
+
+    def response_text(self, row: int) -> str:
+        """The assistant turns of one response, the tool results marked by TURN_SEPARATOR."""
+        return TURN_SEPARATOR.join(self.turns[row])
 
     def row_parts(self, row: int) -> dict[str, float]:
         """The reward and its parts of one response (for the gallery)."""
