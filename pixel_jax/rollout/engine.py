@@ -268,13 +268,17 @@ class Engine:
         """Samples a token from logits [B, V] for `rows`, writes it after the cursor + `advance`
         slots, and moves those rows to their next phase."""
         spec = self.spec
-        keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
         later = state.n_calls > 0
         temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
-        top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
-        top_k = jnp.where(later, spec.later_turns.top_k, spec.first_turn.top_k)
-        token, logprob = sampling.sample(logits, keys, temperature, top_k, top_p,
-                                         max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
+        if spec.first_turn.temperature == spec.later_turns.temperature == 0:  # greedy: no filters (a sort over V)
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            logprob = sampling.token_logprob(logits, token, temperature)
+        else:
+            keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
+            top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
+            top_k = jnp.where(later, spec.later_turns.top_k, spec.first_turn.top_k)
+            token, logprob = sampling.sample(logits, keys, temperature, top_k, top_p,
+                                             max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
         forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
                                      axis=1)[:, 0]
         forced = jnp.where(state.n_sampled < state.forced.shape[1], forced, -1)
