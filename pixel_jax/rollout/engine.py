@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from pixel_jax import sharding
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, causal_padding_mask
 from pixel_jax.models.qwen2_5_vl.rope_index import get_rope_index
+from pixel_jax.models.qwen2_5_vl.text import empty_cache
 from pixel_jax.processing import image as image_processing
 from pixel_jax.rollout import chunks, sampling
 from pixel_jax.rollout.tool_step import ToolTables, execute_crop, execute_frames
@@ -68,7 +69,7 @@ class RolloutSpec:
 
 @struct.dataclass
 class RolloutState:
-    cache: list  # per layer (k, v) [B, S, K, H]
+    cache: list  # per layer k [B, K, S, H], v [B, K, H, S] (`text.empty_cache`)
     tokens: jax.Array  # [B, S] int32
     positions: jax.Array  # [3, B, S] int32
     slot_valid: jax.Array  # [B, S] bool
@@ -231,10 +232,7 @@ class Engine:
         image_embeds = _encode(model, batch.get("pixel_values"), grid)
         video_embeds = _encode(model, batch.get("pixel_values_videos"), video_grid)
         positions, deltas = get_rope_index(cfg, ids, mask, grid, video_grid, batch.get("second_per_grid_ts"))
-        cache = [
-            (jnp.zeros((b, s, cfg.num_key_value_heads, cfg.head_dim), cfg.compute_dtype),) * 2
-            for _ in range(cfg.num_hidden_layers)
-        ]
+        cache = empty_cache(cfg, b, s)
         prompt_mask = jnp.pad(causal_padding_mask(mask), ((0, 0), (0, 0), (0, s - p)))  # [B, P, S]
         hidden, cache = model.decode(model.embed(ids, image_embeds, video_embeds), positions, prompt_mask, cache,
                                      jnp.zeros((b,), jnp.int32))

@@ -5,10 +5,10 @@ K kv heads, H head dim, D model dim, V vocabulary.
 
 The decoder runs in two modes with one code path:
 - no cache: the T tokens attend to each other under `mask` [B, T, T];
-- with a cache (one (k, v) pair [B, S, K, H] per layer): the chunk's keys/values are written
-  at slots `write_index[b] + arange(T)` of each row, then the chunk attends to all S slots under
-  `mask` [B, T, S]. Positions are explicit, so rows may sit at different offsets and the cache
-  may hold holes (slots that the mask never opens).
+- with a cache (per layer keys [B, K, S, H] and values [B, K, H, S], see `empty_cache`): the
+  chunk's keys/values are written at slots `write_index[b] + arange(T)` of each row, then the
+  chunk attends to all S slots under `mask` [B, T, S]. Positions are explicit, so rows may sit at
+  different offsets and the cache may hold holes (slots that the mask never opens).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
-KVCache = list[tuple[jax.Array, jax.Array]]  # per layer (k, v), each [B, S, K, H]
+KVCache = list[tuple[jax.Array, jax.Array]]  # per layer (k [B, K, S, H], v [B, K, H, S])
 
 # Logical axes of the activations (mapped to mesh axes by `pixel_jax.sharding` rules).
 HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")  # [B, T, D]
 Q_AXES = ("activation_batch", "activation_length", "activation_heads", None)  # [B, T, N, H]
 KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", None)  # [B, S, K, H]
+K_CACHE_AXES = ("activation_batch", "activation_kv_heads", "activation_length", None)  # [B, K, S, H]
+V_CACHE_AXES = ("activation_batch", "activation_kv_heads", None, "activation_length")  # [B, K, H, S]
 
 
 def mrope_cos_sin(positions: jax.Array, config: Qwen2_5_VLConfig) -> tuple[jax.Array, jax.Array]:
@@ -47,15 +49,23 @@ def mrope_cos_sin(positions: jax.Array, config: Qwen2_5_VLConfig) -> tuple[jax.A
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def write_to_cache(cache: jax.Array, new: jax.Array, write_index: jax.Array) -> jax.Array:
-    """cache [B, S, K, H] with new [B, T, K, H] written at slots write_index[b] + arange(T).
+def empty_cache(config: Qwen2_5_VLConfig, batch: int, slots: int) -> KVCache:
+    """A zero cache of `slots` slots per row. Keys are kept [B, K, S, H] and values [B, K, H, S]:
+    the operand layouts of the CPU dot kernels (the contracted axis last), so attention reads the
+    cache in place instead of transposing all of it at every decode step."""
+    k, h, dtype = config.num_key_value_heads, config.head_dim, config.compute_dtype
+    return [(jnp.zeros((batch, k, slots, h), dtype), jnp.zeros((batch, k, h, slots), dtype))
+            for _ in range(config.num_hidden_layers)]
 
-    Slots past S are dropped (never wrapped or clamped onto earlier slots).
+
+def write_to_cache(cache: jax.Array, new: jax.Array, write_index: jax.Array, slot_axis: int) -> jax.Array:
+    """cache (rows first, slots on `slot_axis`) with new [B, T, K, H] written at slots
+    write_index[b] + arange(T). Slots past S are dropped (never wrapped or clamped onto earlier slots).
     """
     b, t = new.shape[:2]
     slots = write_index[:, None] + jnp.arange(t)[None, :]  # [B, T]
-    rows = jnp.arange(b)[:, None]
-    return cache.at[rows, slots].set(new.astype(cache.dtype), mode="drop")
+    index = (jnp.arange(b)[:, None],) + (slice(None),) * (slot_axis - 1) + (slots,)
+    return cache.at[index].set(new.astype(cache.dtype), mode="drop")  # split indices: value dims [B, T, K, H]
 
 
 class Attention(nnx.Module):
@@ -75,12 +85,16 @@ class Attention(nnx.Module):
         q = sharding.constrain(layers.apply_rotary(self.q_proj(x), cos, sin), Q_AXES)  # [B, T, N, H]
         k = layers.apply_rotary(self.k_proj(x), cos, sin)  # [B, T, K, H]
         v = self.v_proj(x)  # [B, T, K, H]
-        if kv is not None:
-            k = write_to_cache(kv[0], k, write_index)  # [B, S, K, H]
-            v = write_to_cache(kv[1], v, write_index)
-        k, v = sharding.constrain(k, KV_AXES), sharding.constrain(v, KV_AXES)
+        if kv is None:
+            k, v = sharding.constrain(k, KV_AXES), sharding.constrain(v, KV_AXES)
+            new_kv = None
+        else:
+            k_cache = sharding.constrain(write_to_cache(kv[0], k, write_index, slot_axis=2), K_CACHE_AXES)
+            v_cache = sharding.constrain(write_to_cache(kv[1], v, write_index, slot_axis=3), V_CACHE_AXES)
+            k, v = k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 3, 1, 2)  # [B, S, K, H] views
+            new_kv = (k_cache, v_cache)
         out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        return self.o_proj(sharding.constrain(out, Q_AXES)), (k, v)
+        return self.o_proj(sharding.constrain(out, Q_AXES)), new_kv
 
 
 class DecoderLayer(nnx.Module):
