@@ -6,12 +6,20 @@ image tokens) takes a fixed chunk of L slots — shorter results leave holes tha
 keeps closed. Each slot's token, 3-D M-RoPE position, validity, "sampled" bit, log-probability
 and temperature are stored, so the learner replays exactly what the sampler saw.
 
-The loop (`lax.while_loop`) runs one of two steps per iteration:
-- decode: every GENERATING row forwards its newest token (one slot) and samples the next;
-- inject: every PENDING_TOOL row parses its call, crops the original image, runs the vision
-  tower on the crop and forwards [close token | result chunk] (L + 1 slots) in one chunked
-  prefill, then samples the first token after it.
-Rows progress independently; finished rows idle. Static shapes throughout.
+Two steps, in nested `lax.while_loop`s:
+- decode (inner loop): every GENERATING row forwards its newest token (one slot) and samples
+  the next;
+- inject (once per outer round, when calls are pending): every PENDING_TOOL row parses its
+  call, crops the original image, runs the vision tower on the crop and forwards
+  [close token | result chunk] (L + 1 slots) in one chunked prefill, then samples the first
+  token after it.
+An inject forwards L + 1 slots of every row, about the work of L + 1 decode steps, so a row
+that closes a call waits (idle, up to L decode steps) for others to close theirs and one inject
+serves them all: never more than twice the work of injecting at once (the ski-rental bound),
+often a fraction of it. Rows progress independently (a row's draws depend on its key and token
+count only, never on when its call was served); finished rows idle. Static shapes throughout.
+The loop ends because every decode step samples a token of some row and every inject serves a
+call of some row, both bounded per row.
 """
 
 from __future__ import annotations
@@ -93,13 +101,13 @@ class RolloutState:
     n_shown: jax.Array  # [B]
     forced: jax.Array  # [B, F] int32 teacher-forced response tokens (-1 = sample freely)
     row_keys: jax.Array  # [B] a PRNG key per row: draws do not depend on the batch's other rows
-    step: jax.Array  # scalar
+    waited: jax.Array  # [B] decode steps a PENDING_TOOL row has waited for its inject
 
 
 _ROW_FIELDS = (
     "tokens", "slot_valid", "sampled", "logprobs", "temperature", "cursor", "next_position", "n_sampled", "phase",
     "finish", "n_calls", "n_errors", "call_errors", "call_boxes", "call_targets", "call_frames", "images",
-    "source_boxes", "shown_wh", "n_shown", "forced", "row_keys",
+    "source_boxes", "shown_wh", "n_shown", "forced", "row_keys", "waited",
 )
 
 
@@ -205,22 +213,27 @@ class Engine:
         state = self._append_sample(state, logits, state.phase == Phase.GENERATING,
                                     advance=jnp.zeros(logits.shape[:1], jnp.int32))
 
-        def running(state):
-            return jnp.any(state.phase != Phase.DONE) & (state.step < self._max_steps)
+        def decode_until_inject(state):
+            return jax.lax.while_loop(self._keeps_decoding, lambda s: self._decode(model, s), state)
 
-        def body(state):
-            if self.spec.tools is None:
-                return self._decode(model, state)
+        def round_(state):  # serve the pending calls (none in the first round), then decode on
             pending = jnp.any(state.phase == Phase.PENDING_TOOL)
-            return jax.lax.cond(pending, lambda s: self._inject(model, batch, s), lambda s: self._decode(model, s),
-                                state)
+            state = jax.lax.cond(pending, lambda s: self._inject(model, batch, s), lambda s: s, state)
+            return decode_until_inject(state)
 
-        state = jax.lax.while_loop(running, body, state)
+        if self.spec.tools is None:
+            state = decode_until_inject(state)
+        else:
+            state = jax.lax.while_loop(lambda s: jnp.any(s.phase != Phase.DONE), round_, state)
         return Trajectory.from_state(state, prompt_len=batch["input_ids"].shape[1])
 
-    @property
-    def _max_steps(self) -> int:
-        return self.spec.max_new_tokens + 2 * self.spec.max_calls + 1
+    def _keeps_decoding(self, state: RolloutState) -> jax.Array:
+        """Another decode step: some row is generating and no pending call has waited L steps."""
+        generating = jnp.any(state.phase == Phase.GENERATING)
+        if self.spec.tools is None:
+            return generating
+        overdue = (state.phase == Phase.PENDING_TOOL) & (state.waited >= self.spec.tools.chunk_len)
+        return generating & ~jnp.any(overdue)
 
     def _prefill(self, model, batch, rng) -> tuple[RolloutState, jax.Array]:
         """The prompts through the model: the state before the first sample, and the logits [B, V]."""
@@ -257,7 +270,7 @@ class Engine:
             shown_wh=jnp.ones((b, i, 2), jnp.float32).at[:, 0].set(view_wh), n_shown=jnp.ones((b,), jnp.int32),
             forced=jnp.full((b, 1), -1, jnp.int32),  # set per sample once the groups are formed
             row_keys=jax.vmap(lambda i: jax.random.fold_in(rng, i))(batch.get("row_ids", jnp.arange(b))),
-            step=jnp.int32(0),
+            waited=jnp.zeros((b,), jnp.int32),
         )
         return state, logits
 
@@ -326,7 +339,7 @@ class Engine:
             model.embed(take(state.tokens)), jax.vmap(take)(state.positions), state.slot_valid[:, None, :],
             state.cache, jnp.where(rows, state.cursor, s),
         )
-        state = state.replace(cache=cache, step=state.step + 1)
+        state = state.replace(cache=cache, waited=state.waited + (state.phase == Phase.PENDING_TOOL))
         return self._append_sample(state, model.logits(hidden)[:, 0], rows, advance=jnp.zeros((b,), jnp.int32))
 
     # ------------------------------------------------------------------ inject
@@ -386,7 +399,7 @@ class Engine:
         image_slots = first_image[:, None] + jnp.arange(per_call)[None]  # [B, K]
         keep = ok[:, None] & (jnp.arange(per_call)[None] < count[:, None])
         state = state.replace(
-            cache=cache, step=state.step + 1, slot_valid=slot_valid,
+            cache=cache, waited=jnp.where(rows, 0, state.waited), slot_valid=slot_valid,
             tokens=state.tokens.at[write_rows, drop(slots[:, 1:])].set(chunk, mode="drop"),
             positions=state.positions.at[:, write_rows, drop(slots[:, 1:])].set(chunk_pos, mode="drop"),
             next_position=jnp.where(rows, state.next_position + jnp.asarray(tools.chunk_advance)[call, shown, outcome],
