@@ -8,13 +8,14 @@ stored without outputs: a stored output would hide whether the code still produc
 
 import os
 import pathlib
+import re
 
 import nbclient
 import nbformat
 import pytest
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOK_NAMES = ("quickstart.ipynb", "curiosity_reward.ipynb")
+NOTEBOOK_NAMES = ("quickstart.ipynb", "curiosity_reward.ipynb", "toy_training.ipynb")
 CELL_TIMEOUT_S = 600
 
 
@@ -79,3 +80,13 @@ def test_curiosity_reward_plots_both_variants():
     assert "paper: RaPR 0.125 → 0.0875" in text
     assert "official_code: RaPR 0.125 → 0.1750" in text
     assert "penalty: [ 0.    0.   -0.05 -0.1  -0.15 -0.2  -0.25 -0.3 ]" in text  # 0.05·min(1 − n_vo, 0)
+
+
+@pytest.mark.slow
+def test_toy_training_runs_sft_then_grpo_steps_and_plots_them():
+    notebook = execute("toy_training.ipynb")
+    text = printed(notebook)
+    sft_losses = [float(loss) for loss in re.findall(r"step \d+: loss ([\d.]+) on", text)]
+    assert len(sft_losses) == 5 and sft_losses[-1] < sft_losses[0]  # five SFT steps of descent
+    assert len(re.findall(r"step \d+: r [\d.]+ +bonus", text)) == 3  # three GRPO steps
+    assert images_shown(notebook) == 3  # SFT loss, GRPO metrics, a sampled rollout
