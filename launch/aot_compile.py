@@ -1,6 +1,7 @@
 """Compile, without running, the programs of a training run on candidate meshes; print their memory.
 
     python launch/aot_compile.py --model=qwen2_5_vl_7b --mesh=1,8,1 --mesh=2,2,2 --batch=8 --seq=2048
+    python launch/aot_compile.py --model=qwen2_5_vl_3b --mesh=2,2,2 --program=rollout --prompts=16
 
 Each program is lowered with abstract (shape-only) sharded arguments on fake CPU devices and
 compiled by XLA's SPMD partitioner, so nothing is allocated and no accelerator is needed. For each
@@ -10,6 +11,14 @@ whether the sum fits each device memory asked for. This is how to pick the mesh 
 renting machines. The numbers come from XLA's CPU compiler: accelerator compilers fuse and
 schedule differently, so treat temporaries as an estimate and keep a margin.
 
+The programs (`--program`, default all):
+- train_step: the SFT step (forward, backward, AdamW) on `--batch` sequences of `--seq` tokens;
+- rollout: the GRPO rollout engine (prefill, then decode and tool steps in one `while_loop`) on
+  `--prompts` prompts sampled G times each, with the shapes of `configs/grpo.py:<--grpo-config>`
+  (prompt and response budgets, calls, crop grid, sampling, G, view and canvas sizes). XLA counts a
+  loop body once and a branch at its costlier side, so its FLOPs are those of the prefill plus one
+  decode or tool step, whichever costs more, not of a whole rollout.
+
 New programs join `PROGRAMS` (name -> function lowering it for a `Setup`).
 """
 
@@ -17,20 +26,41 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
-from pixel_jax import sharding
+from pixel_jax import config_validation, sharding
 from pixel_jax import train_step as ts
 from pixel_jax.models import qwen2_5_vl as qvl
+from pixel_jax.processing import image as image_processing
+from pixel_jax.processing.tokenizer import load_tokenizer
+from pixel_jax.rollout import engine as engine_lib
+from pixel_jax.rollout.tool_step import ToolTables
+from pixel_jax.tools.protocols import PROTOCOLS
 
-PRESETS = ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
+GRPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "grpo.py"
+PAPER_SCALE = "model=qwen2_5_vl_7b,data=pixelreasoner"  # Pixel Reasoner's RL data at its image budgets
 GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutShapes:
+    """The rollout program of a GRPO config: its static settings and the shapes of its inputs."""
+
+    spec: engine_lib.RolloutSpec
+    group_size: int  # G samples per prompt
+    prompts: int  # global prompts per rollout batch (G·prompts rows after the prefill)
+    prompt_len: int  # left-padded prompt slots (text and the view's visual tokens)
+    view_hw: tuple[int, int]  # (H, W) px of the prompt image: the config's largest view bucket
+    canvas_hw: tuple[int, int]  # (H, W) px of the padded originals the crops are cut from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +74,7 @@ class Setup:
     seq: int  # tokens per sequence
     images_per_row: int
     image_grid: tuple[int, int]  # patches (h, w) of each image: h·w/4 visual tokens
+    rollout: RolloutShapes | None = None  # built only when the rollout program is compiled
 
 
 def train_step_inputs(setup: Setup) -> tuple[ts.TrainPlan, dict[str, jax.ShapeDtypeStruct]]:
@@ -72,9 +103,81 @@ def _fields(setup: Setup) -> dict[str, sharding.LogicalAxes]:
     return ts.batch_axes(ts.IMAGE_FIELDS if setup.images_per_row else ts.TEXT_FIELDS)
 
 
-# The programs of a run, compiled in this order. The rollout joins here once `pixel_jax.rollout`
-# exposes its compiled program with explicit shardings: a function Setup -> Lowered like the above.
-PROGRAMS: dict[str, Callable[[Setup], jax.stages.Lowered]] = {"train_step": lower_train_step}
+def load_grpo_config(arg: str) -> ml_collections.ConfigDict:
+    """`configs/grpo.py:<arg>` (the checkout's configs folder is not an installed package)."""
+    spec = importlib.util.spec_from_file_location("grpo_config", GRPO_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def rollout_shapes(run: ml_collections.ConfigDict, config: qvl.Qwen2_5_VLConfig, prompts: int,
+                   tokenizer: str | None = None) -> RolloutShapes:
+    """The rollout of GRPO config `run` for the architecture `config`, with the tool tables of
+    `tokenizer` (a local checkpoint folder; None: the packaged tokenizer, whose ids all lie below
+    every preset's vocabulary size, so its tables fit the 3B-72B presets too)."""
+    tok = load_tokenizer(tokenizer)
+    rollout = run.rollout
+    tables = ToolTables.build(PROTOCOLS.get(run.protocol), tok, config, crop_hw=tuple(run.tools.crop_hw),
+                              max_calls=rollout.max_calls, window=run.tools.parser_window)
+    stop_ids = (tok.special.im_end, tok.special.endoftext)
+    largest_id = max(int(tables.chunk_tokens.max()), *stop_ids, *tables.close_ids)
+    if largest_id >= config.vocab_size:
+        raise ValueError(f"the tokenizer's ids reach {largest_id} but the model's vocabulary has {config.vocab_size} "
+                         "tokens: give the tokenizer of the --model checkpoint (--tokenizer)")
+    first_turn, later_turns = config_validation.sampling_params(rollout)
+    spec = engine_lib.RolloutSpec(max_new_tokens=rollout.max_new_tokens, stop_ids=stop_ids, first_turn=first_turn,
+                                  later_turns=later_turns, max_calls=rollout.max_calls, tools=tables)
+    view_hw = max(run.data.pipeline.view_sizes, key=math.prod)
+    return RolloutShapes(spec, run.rl.group_size, prompts, rollout.max_prompt_len, tuple(view_hw),
+                         tuple(run.data.pipeline.canvas_size))
+
+
+def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.State, dict[str, jax.ShapeDtypeStruct],
+                                          jax.ShapeDtypeStruct]:
+    """The engine, and its abstract sharded arguments: parameters, prompt batch, PRNG key.
+
+    The batch holds one image per prompt (the `Engine.__call__` layout for group sampling), every
+    field split by rows (`activation_batch`) as far as the prompt count divides.
+    """
+    shapes, mesh, rules = setup.rollout, setup.mesh, setup.rules
+    abstract_model = nnx.eval_shape(lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0)))
+    state = nnx.state(abstract_model)
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
+                          sharding.state_shardings(state, mesh, rules))
+    b, p = shapes.prompts, shapes.prompt_len
+    patches = math.prod(image_processing.patch_grid(1, *shapes.view_hw))
+    fields = {
+        "input_ids": ((b, p), jnp.int32),
+        "attention_mask": ((b, p), jnp.int32),
+        "pixel_values": ((b, patches, setup.config.vision.patch_dim), jnp.float32),  # [B, P0, patch_dim]
+        "image_grid_thw": ((b, 3), jnp.int32),
+        "original": ((b, *shapes.canvas_hw, 3), jnp.uint8),  # [B, Hc, Wc, 3]
+        "original_wh": ((b, 2), jnp.int32),
+        "view_wh": ((b, 2), jnp.int32),
+    }
+    rows = lambda shape: sharding.logical_sharding(("activation_batch",) + (None,) * (len(shape) - 1), mesh, rules,
+                                                   shape)
+    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=rows(shape)) for key, (shape, dtype) in fields.items()}
+    key = jax.eval_shape(jax.random.key, 0)
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
+    return engine_lib.Engine(abstract_model, shapes.spec, mesh=mesh, rules=rules), params, batch, rng
+
+
+def lower_rollout(setup: Setup) -> jax.stages.Lowered:
+    """The GRPO rollout of `pixel_jax.rollout.engine`: G samples of every prompt, tools in the loop.
+
+    Lowered through the public call (the engine's own jit is inlined into this one), so the
+    program is exactly the one `Engine.__call__` runs.
+    """
+    engine, params, batch, rng = rollout_inputs(setup)
+    rollout = lambda p, b, r: engine(nnx.merge(engine.graphdef, p), b, r, group_size=setup.rollout.group_size)
+    return jax.jit(rollout).lower(params, batch, rng)
+
+
+# The programs of a run, compiled in this order: functions Setup -> Lowered.
+PROGRAMS: dict[str, Callable[[Setup], jax.stages.Lowered]] = {"train_step": lower_train_step,
+                                                              "rollout": lower_rollout}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,19 +251,28 @@ def replicated_by_divisibility(config: qvl.Qwen2_5_VLConfig, mesh, rules) -> lis
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=PRESETS, default="qwen2_5_vl_7b")
+    parser.add_argument("--model", choices=config_validation.MODEL_PRESETS, default="qwen2_5_vl_7b")
     parser.add_argument("--mesh", action="append", required=True,
                         help="data,fsdp,tensor sizes (one may be -1); repeat for several meshes")
     parser.add_argument("--devices", type=int, default=8, help="fake CPU devices to compile for")
-    parser.add_argument("--batch", type=int, default=8, help="global sequences per step")
-    parser.add_argument("--seq", type=int, default=2048, help="tokens per sequence")
-    parser.add_argument("--images-per-row", type=int, default=1)
-    parser.add_argument("--image-grid", default="32,32", help="patches h,w of each image (32,32 = 448x448 px)")
+    parser.add_argument("--program", action="append", choices=list(PROGRAMS), default=None,
+                        help="a program to compile; repeat for several (default: all)")
     parser.add_argument("--param-dtype", default="bfloat16")
     parser.add_argument("--dtype", default="bfloat16", help="activation dtype")
     parser.add_argument("--memory", action="append", default=None,
                         help="name=GB of a device memory to check against (default: v5p=95, H100=80)")
-    parser.add_argument("--program", action="append", choices=sorted(PROGRAMS), default=None)
+    train = parser.add_argument_group("train_step")
+    train.add_argument("--batch", type=int, default=8, help="global sequences per step")
+    train.add_argument("--seq", type=int, default=2048, help="tokens per sequence")
+    train.add_argument("--images-per-row", type=int, default=1)
+    train.add_argument("--image-grid", default="32,32", help="patches h,w of each image (32,32 = 448x448 px)")
+    rollout = parser.add_argument_group("rollout")
+    rollout.add_argument("--grpo-config", default=PAPER_SCALE,
+                         help="arg of configs/grpo.py whose rollout shapes are compiled (the architecture is --model)")
+    rollout.add_argument("--prompts", type=int, default=None,
+                         help="global prompts per rollout batch, each sampled G times (default: one per device)")
+    rollout.add_argument("--tokenizer", default=None,
+                         help="local checkpoint folder of the tool tables' tokenizer (default: the packaged one)")
     return parser.parse_args(argv)
 
 
@@ -185,21 +297,42 @@ def report(args: argparse.Namespace) -> tuple[list[Row], str]:
     if args.images_per_row * grid[0] * grid[1] // 4 > args.seq:
         raise ValueError(f"{args.images_per_row} images of {grid} patches do not fit in --seq={args.seq} tokens")
     meshes = {text: sharding.make_mesh(_ints(text, "mesh")) for text in args.mesh}
-    config = getattr(qvl.Qwen2_5_VLConfig, args.model)(param_dtype=args.param_dtype, dtype=args.dtype)
+    config = config_validation.model_config(
+        ml_collections.ConfigDict({"preset": args.model, "dtype": args.dtype, "param_dtype": args.param_dtype}))
+    programs = args.program or list(PROGRAMS)
+    lines = [f"{args.model}: params {args.param_dtype}, activations {args.dtype}; {len(jax.devices())} devices; "
+             "bytes and FLOPs per device"]
+    if "train_step" in programs:
+        lines.append(f"train_step: AdamW; global batch {args.batch} x {args.seq} tokens, {args.images_per_row} "
+                     f"image(s) of {grid[0]}x{grid[1]} patches per row")
+    shapes = None
+    if "rollout" in programs:
+        prompts = len(jax.devices()) if args.prompts is None else args.prompts
+        if prompts < 1:
+            raise ValueError(f"--prompts={prompts} must be >= 1")
+        shapes = rollout_shapes(load_grpo_config(args.grpo_config), config, prompts, args.tokenizer)
+        lines.append(describe_rollout(shapes, args.grpo_config))
 
     rules = sharding.make_rules()
-    rows, lines = [], []
+    rows, notes = [], []
     for text, mesh in meshes.items():
-        lines += [f"mesh {text}: {note}" for note in replicated_by_divisibility(config, mesh, rules)]
-        setup = Setup(config, mesh, rules, args.batch, args.seq, args.images_per_row, grid)
-        rows += [measure(name, PROGRAMS[name], setup) for name in args.program or PROGRAMS]
-    lines.append(
-        f"{args.model}: params {args.param_dtype}, activations {args.dtype}, AdamW; global batch {args.batch} x "
-        f"{args.seq} tokens, {args.images_per_row} image(s) of {grid[0]}x{grid[1]} patches per row; "
-        f"{len(jax.devices())} devices; bytes and FLOPs per device"
-    )
-    lines.append(table(rows, memories))
-    return rows, "\n".join(lines)
+        notes += [f"mesh {text}: {note}" for note in replicated_by_divisibility(config, mesh, rules)]
+        setup = Setup(config, mesh, rules, args.batch, args.seq, args.images_per_row, grid, shapes)
+        rows += [measure(name, PROGRAMS[name], setup) for name in programs]
+    return rows, "\n".join(notes + lines + [table(rows, memories)])
+
+
+def describe_rollout(shapes: RolloutShapes, grpo_arg: str) -> str:
+    """The line under the table that says what the rollout row compiled."""
+    spec = shapes.spec
+    (vh, vw), (ch, cw), (h, w) = shapes.view_hw, shapes.canvas_hw, spec.tools.image_hw
+    first, later = spec.first_turn, spec.later_turns
+    return (f"rollout (configs/grpo.py:{grpo_arg}): {shapes.prompts} prompts x G={shapes.group_size} samples; "
+            f"prompt {shapes.prompt_len} slots with a {vh}x{vw} px view; up to {spec.max_new_tokens} new tokens and "
+            f"{spec.max_calls} calls showing {h}x{w} px crops ({spec.tools.chunk_len}-slot results) = "
+            f"{spec.cache_slots(shapes.prompt_len)} cache slots per row; originals {ch}x{cw} px; T {first.temperature}"
+            f" (later {later.temperature}), top-k {first.top_k}, top-p {first.top_p}; FLOPs: the prefill and one "
+            "loop step (XLA counts a loop body once, a branch at its costlier side)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""launch/aot_compile.py compiles the train step of a small preset on fake devices and prints its table."""
+"""launch/aot_compile.py compiles the train step and the rollout of a small preset on fake devices and
+prints their table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "aot_compile.py"
@@ -18,47 +21,132 @@ _spec = importlib.util.spec_from_file_location("aot_compile", SCRIPT)
 aot = sys.modules["aot_compile"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(aot)
 
-SMALL = ["--model=tiny", "--batch=8", "--seq=64", "--image-grid=4,4", "--param-dtype=float32", "--dtype=float32"]
+SMALL = ["--model=tiny", "--batch=8", "--seq=64", "--image-grid=4,4", "--param-dtype=float32", "--dtype=float32",
+         "--grpo-config=runlocal", "--prompts=4"]
+MESH = (1, 2, 4)  # rows split over fsdp=2, heads over tensor=4 (the tiny model's 2 kv heads stay whole)
 
 
 def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def test_table_reports_the_compiled_per_device_memory():
+def shard_bytes(leaves) -> int:
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+
+
+def full_bytes(leaves) -> int:
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+
+
+@pytest.fixture(scope="module")
+def small_report():
+    """Both programs (the default) of the tiny model on MESH, with the runlocal GRPO rollout."""
     rows, text = aot.report(aot.parse_args(SMALL + ["--mesh=1,2,-1", "--memory=big=1", "--memory=small=0.001"]))
-    lines = text.splitlines()
-    assert lines[0] == "mesh 1,2,-1: kv_heads=2 not divisible by tensor: replicated"
+    return {row.program: row for row in rows}, text.splitlines()
+
+
+def small_setup(rollout=None):
+    return aot.Setup(aot.qvl.Qwen2_5_VLConfig.tiny(), aot.sharding.make_mesh(MESH), aot.sharding.make_rules(),
+                     8, 64, 1, (4, 4), rollout)
+
+
+def table_row(lines: list[str], program: str) -> list[str]:
+    return cells(next(line for line in lines if line.startswith(f"| {program} ")))
+
+
+def test_table_has_a_row_per_program(small_report):
+    rows, lines = small_report
+    assert lines[:2] == ["mesh 1,2,-1: kv_heads=2 not divisible by tensor: replicated",
+                         "mesh 1,2,-1: vit_heads=2 not divisible by tensor: replicated"]
     header = next(i for i, line in enumerate(lines) if line.startswith("| program"))
     assert cells(lines[header]) == ["program", "mesh (data,fsdp,tensor)", "arguments", "outputs", "temporaries",
                                     "total", "FLOPs", "compile", "fits big (1 GB)", "fits small (0.001 GB)"]
-    (row,) = rows
-    assert cells(lines[header + 2])[:7] == [
-        "train_step", "1,2,4", aot._si(row.arguments, "B"), aot._si(row.outputs, "B"), aot._si(row.temporaries, "B"),
-        aot._si(row.total, "B"), aot._si(row.flops, "FLOP")]
-    assert cells(lines[header + 2])[-2][:3] == "yes" and cells(lines[header + 2])[-1][:2] == "no"
+    assert [cells(line)[:2] for line in lines[header + 2:]] == [["train_step", "1,2,4"], ["rollout", "1,2,4"]]
+    for program, row in rows.items():
+        assert table_row(lines, program)[2:7] == [aot._si(row.arguments, "B"), aot._si(row.outputs, "B"),
+                                                  aot._si(row.temporaries, "B"), aot._si(row.total, "B"),
+                                                  aot._si(row.flops, "FLOP")]
+        assert table_row(lines, program)[-2][:3] == "yes" and table_row(lines, program)[-1][:2] == "no"
 
+
+def test_train_step_row_is_the_sharded_donated_state(small_report):
+    row = small_report[0]["train_step"]
     # arguments: exactly one device's shards of the parameters, Adam moments, step and batch
-    setup = aot.Setup(aot.qvl.Qwen2_5_VLConfig.tiny(), aot.sharding.make_mesh((1, 2, 4)), aot.sharding.make_rules(),
-                      8, 64, 1, (4, 4))
-    plan, batch = aot.train_step_inputs(setup)
+    plan, batch = aot.train_step_inputs(small_setup())
     leaves = jax.tree.leaves((plan.abstract_state, batch))
-    assert row.arguments == sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
-    assert row.arguments < sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves) / 2  # sharded state
+    assert row.arguments == shard_bytes(leaves)
+    assert row.arguments < full_bytes(leaves) / 2  # sharded state
     assert 0 < row.outputs < row.arguments / 100  # the state is donated: only the metrics are new outputs
     assert row.temporaries > 0 and row.flops > 1e6
 
 
+def test_rollout_row_is_the_engine_program_at_the_configs_shapes(small_report):
+    rows, lines = small_report
+    row = rows["rollout"]
+    run = aot.load_grpo_config("runlocal")  # the shapes are the config's, whatever its sizes
+    view_h, view_w = max(run.data.pipeline.view_sizes, key=math.prod)  # the largest view bucket
+    crop_h, crop_w = run.tools.crop_hw
+    assert next(line for line in lines if line.startswith("rollout")).startswith(
+        f"rollout (configs/grpo.py:runlocal): 4 prompts x G={run.rl.group_size} samples; prompt "
+        f"{run.rollout.max_prompt_len} slots with a {view_h}x{view_w} px view; up to {run.rollout.max_new_tokens} new "
+        f"tokens and {run.rollout.max_calls} calls showing {crop_h}x{crop_w} px crops")
+    shapes = aot.rollout_shapes(run, aot.qvl.Qwen2_5_VLConfig.tiny(), prompts=4)
+    engine, params, batch, rng = aot.rollout_inputs(small_setup(shapes))
+
+    # arguments: exactly one device's shards of the parameters, the prompt batch and the key
+    arguments = jax.tree.leaves((params, batch, rng))
+    assert row.arguments == shard_bytes(arguments) < full_bytes(arguments)
+    canvas_h, canvas_w = run.data.pipeline.canvas_size
+    assert batch["original"].sharding.shard_shape(batch["original"].shape) == (2, canvas_h, canvas_w, 3)  # over fsdp
+
+    # outputs: the trajectory of the 4·8 rows, no smaller than split over the 2 row shards, no larger than whole
+    rollout = lambda p, b, r: engine(nnx.merge(engine.graphdef, p), b, r, group_size=8)
+    trajectory = jax.eval_shape(rollout, params, batch, rng)
+    slots = run.rollout.max_prompt_len + run.rollout.max_new_tokens + run.rollout.max_calls * shapes.spec.tools.chunk_len
+    assert trajectory.tokens.shape == (4 * 8, slots)
+    assert full_bytes(jax.tree.leaves(trajectory)) / 2 <= row.outputs <= full_bytes(jax.tree.leaves(trajectory))
+
+    # temporaries hold at least this device's KV cache: 2 layers x (k, v) of 16 rows x S slots x 2 heads x 16
+    cache = 2 * 2 * 16 * trajectory.tokens.shape[1] * 2 * 16 * np.dtype(np.float32).itemsize
+    assert row.temporaries >= cache
+
+    # FLOPs: at least the decoder's matmuls over the prompt tokens, split over all 8 devices
+    decoder = nnx.state(nnx.eval_shape(lambda: aot.qvl.Qwen2_5_VL(aot.qvl.Qwen2_5_VLConfig.tiny(), rngs=nnx.Rngs(0)))
+                        .language_model.layers, nnx.Param)
+    matmul_params = sum(math.prod(v.shape) for path, v in nnx.to_flat_state(decoder) if path[-1] == "kernel")
+    assert row.flops >= 2 * matmul_params * 4 * run.rollout.max_prompt_len / 8
+
+
+def test_packaged_tokenizer_tables_fit_the_7b_vocabulary():
+    config = aot.qvl.Qwen2_5_VLConfig.qwen2_5_vl_7b()
+    shapes = aot.rollout_shapes(aot.load_grpo_config(aot.PAPER_SCALE), config, prompts=8)
+    tables = shapes.spec.tools
+    # paper scale: 640 text slots + the 1008x1512 px view's 1944 tokens; 961-token (31x31) crops of 868x868 px
+    assert (shapes.prompt_len, shapes.view_hw, tables.image_hw) == (640 + 1008 * 1512 // 28**2, (1008, 1512),
+                                                                    (31 * 28, 31 * 28))
+    assert (shapes.group_size, shapes.spec.max_new_tokens, shapes.spec.max_calls) == (8, 2048, 3)
+    pads = (tables.chunk_tokens == config.image_token_id).sum(axis=-1)  # [call, shown, outcome]
+    assert set(np.unique(pads)) == {0, 31 * 31}  # error texts have none, a crop result the 7B's own pad id
+    assert max(tables.chunk_tokens.max(), *shapes.spec.stop_ids, *tables.close_ids) < config.vocab_size
+
+
 def test_the_command_line_compiles_on_the_fake_devices_it_asks_for():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    args = ["--model=tiny", "--mesh=2,1,-1", "--devices=4", "--batch=2", "--seq=32", "--images-per-row=0"]
+    args = ["--model=tiny", "--mesh=2,1,-1", "--devices=4", "--batch=2", "--seq=32", "--images-per-row=0",
+            "--program=train_step"]
     result = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 devices; bytes and FLOPs per device" in result.stdout
-    row = next(line for line in result.stdout.splitlines() if line.startswith("| train_step"))
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| ") and "program" not in line]
     assert cells(row)[:2] == ["train_step", "2,1,2"]
     assert cells(row)[-2:] == ["yes (0%)", "yes (0%)"]  # default memories: v5p 95 GB, H100 80 GB
+
+
+def test_a_tokenizer_beyond_the_models_vocabulary_is_refused():
+    small_vocabulary = aot.qvl.Qwen2_5_VLConfig.tiny(vocab_size=1990)  # the packaged tokenizer has 2,000 ids
+    with pytest.raises(ValueError, match="the tokenizer's ids reach 1999 but the model's vocabulary has 1990"):
+        aot.rollout_shapes(aot.load_grpo_config("runlocal"), small_vocabulary, prompts=1)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -67,6 +155,7 @@ def test_the_command_line_compiles_on_the_fake_devices_it_asks_for():
     (["--mesh=1,1,8", "--image-grid=3,4"], "must be two even patch counts"),
     (["--mesh=1,1,8", "--seq=2"], "do not fit in --seq=2 tokens"),
     (["--mesh=1,x,8"], "--mesh='1,x,8' must be comma-separated integers"),
+    (["--mesh=1,1,8", "--prompts=0"], "--prompts=0 must be >= 1"),
 ])
 def test_bad_arguments_fail_with_a_clear_message(args, message):
     with pytest.raises(ValueError, match=message.replace("(", "\\(")):
