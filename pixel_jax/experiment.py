@@ -118,38 +118,31 @@ class Experiment:
         return _ENGINES[key]
 
     def rollout_inputs(self, batch: pipeline.Batch, rollout: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-        """The engine's inputs for this process's `batch`, as global arrays whose rows are split
-        over the batch mesh axes (the processes' batches concatenated in process order)."""
+        """The engine's inputs for `batch` (the whole global batch, which every process reads), rows
+        placed over the batch mesh axes."""
         arrays = rollout_inputs_lib.rollout_inputs(batch, self.protocol, self.tok, rollout.max_prompt_len)
         return {name: self.place_rows(value) for name, value in arrays.items()}
 
-    def row_sharding(self, global_shape: tuple[int, ...], row_axis: int = 0) -> jax.sharding.NamedSharding:
+    def row_sharding(self, shape: tuple[int, ...], row_axis: int = 0) -> jax.sharding.NamedSharding:
         """The rows (`row_axis`) split over the batch mesh axes that divide them, the rest replicated."""
-        axes = tuple(ROW_AXIS if d == row_axis else None for d in range(len(global_shape)))
-        return sharding.logical_sharding(axes, self.mesh, self.rules, global_shape)
+        axes = tuple(ROW_AXIS if d == row_axis else None for d in range(len(shape)))
+        return sharding.logical_sharding(axes, self.mesh, self.rules, shape)
 
-    def place_rows(self, local: np.ndarray, row_axis: int = 0) -> jax.Array:
-        """The global array whose rows are every process's `local` rows, in process order."""
-        local = np.asarray(local)
-        global_shape = list(local.shape)
-        global_shape[row_axis] *= jax.process_count()
-        global_shape = tuple(global_shape)
-        return jax.make_array_from_process_local_data(self.row_sharding(global_shape, row_axis), local,
-                                                      global_shape)
+    def place_rows(self, value: np.ndarray, row_axis: int = 0) -> jax.Array:
+        """`value` (the same on every process) as a global array, each device given its rows."""
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, self.row_sharding(value.shape, row_axis),
+                                            lambda index: value[index])
 
-    def local_rows(self, tree, row_axis: int = 0):
-        """This process's rows (those its `place_rows` gave) of every array of `tree`, as numpy."""
-        def local(x):
-            x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
-            rows = sharding.process_rows(self.row_sharding((x.shape[row_axis],)), x.shape[row_axis])
-            return np.take(x, np.arange(rows.start, rows.stop), axis=row_axis)
+    def place_trajectory(self, trajectory: Trajectory) -> Trajectory:
+        """A host trajectory placed like `place_rows` (positions [3, B, S] hold rows on axis 1)."""
+        positions = self.place_rows(trajectory.positions, row_axis=1)
+        return jax.tree.map(self.place_rows, trajectory.replace(positions=None)).replace(positions=positions)
 
-        return jax.tree.map(local, tree)
-
-    def local_trajectory(self, trajectory: Trajectory) -> Trajectory:
-        """This process's rows of a rollout, as host numpy (positions [3, B, S] hold rows on axis 1)."""
-        positions = self.local_rows(trajectory.positions, row_axis=1)
-        return self.local_rows(trajectory.replace(positions=None)).replace(positions=positions)
+    @staticmethod
+    def host_trajectory(trajectory: Trajectory) -> Trajectory:
+        """A rollout's trajectory whole, as numpy, on every process."""
+        return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), trajectory)
 
     # -------------------------------------------------------------------------- data
     def source(self, data: ml_collections.ConfigDict):
@@ -161,13 +154,16 @@ class Experiment:
 
     def batches(self, data: ml_collections.ConfigDict, *, num_examples: int = 0,
                 single_pass: bool = False) -> grain.DatasetIterator:
-        """A checkpointable iterator of the section's pipeline Batches (this process's shard);
+        """A checkpointable iterator of the section's pipeline Batches — global batches: every
+        process reads the same ones (their host-side work, scoring and dynamic sampling, is
+        replicated; each device receives only its rows), so every process runs the same programs
+        on the same shapes whatever the buckets;
         `num_examples` > 0 reads only the first that many examples of the split (a subset);
         `single_pass` reads them once, whatever the section's `num_epochs`."""
         source = self.source(data)
         if num_examples:
             source = grain.MapDataset.source(source)[: min(num_examples, len(source))]
-        config = config_validation.pipeline_config(data)
+        config = dataclasses.replace(config_validation.pipeline_config(data), shard_index=0, shard_count=1)
         if single_pass:
             config = dataclasses.replace(config, num_epochs=1)
         return iter(pipeline.build_dataset(source, config))

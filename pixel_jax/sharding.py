@@ -228,9 +228,12 @@ def optimizer_shardings(
 
 
 # ------------------------------------------------------------------------- batches
-def batch_shardings(batch_axes: Mapping[str, LogicalAxes], mesh: Mesh, rules: Rules) -> dict[str, NamedSharding]:
-    """One NamedSharding per batch field from its logical axes (e.g. input_ids: activation_batch, _length)."""
-    return {key: logical_sharding(axes, mesh, rules) for key, axes in batch_axes.items()}
+def batch_shardings(batch_axes: Mapping[str, LogicalAxes], mesh: Mesh, rules: Rules,
+                    shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, NamedSharding]:
+    """One NamedSharding per batch field from its logical axes (e.g. input_ids: activation_batch, _length);
+    with `shapes`, each dimension keeps only the mesh axes that divide it (`logical_spec`)."""
+    return {key: logical_sharding(axes, mesh, rules, None if shapes is None else shapes[key])
+            for key, axes in batch_axes.items()}
 
 
 def process_rows(batch_sharding: NamedSharding, global_rows: int) -> slice:

@@ -22,7 +22,7 @@ Batch fields (global arrays, see `sharding.global_batch`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -148,9 +148,11 @@ def init_state(plan: TrainPlan, model: nnx.Module | None = None) -> TrainState:
 
 # ------------------------------------------------------------------ jitted programs
 def make_train_step(
-        plan: TrainPlan, fields: Mapping[str, sharding.LogicalAxes], loss_fn: LossFn = next_token_loss
+        plan: TrainPlan, fields: Mapping[str, sharding.LogicalAxes], loss_fn: LossFn = next_token_loss,
+        shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """jit((state, batch) -> (state, metrics)); `fields` = `batch_axes(...)`; the state is donated.
+    With the fields' `shapes`, rows that the batch mesh axes do not divide are replicated instead.
 
     metrics: loss, grad_norm and the loss function's own, replicated scalars.
     """
@@ -168,7 +170,7 @@ def make_train_step(
 
     return jax.jit(
         step,
-        in_shardings=(plan.state_shardings, sharding.batch_shardings(fields, plan.mesh, plan.rules)),
+        in_shardings=(plan.state_shardings, sharding.batch_shardings(fields, plan.mesh, plan.rules, shapes)),
         out_shardings=(plan.state_shardings, sharding.replicated(plan.mesh)),
         donate_argnums=0,
     )

@@ -1,5 +1,5 @@
 """`python -m pixel_jax.evaluate` as a user runs it: the report on the synthetic task, its gallery,
-a clear error for missing weights, and the records of every process gathered."""
+a clear error for missing weights, and a two-process run reporting what one process reports."""
 
 from __future__ import annotations
 
@@ -123,29 +123,37 @@ def test_missing_weights_name_config_model_init(tmp_path):
     assert not (tmp_path / "report.json").exists()
 
 
-GATHER_WORKER = """
-import json, sys
+TWO_PROCESS_WORKER = """
+import sys
 import jax
-from pixel_jax.eval import benchmarks
-from pixel_jax.eval.metrics import ResponseRecord
-index, port = int(sys.argv[1]), sys.argv[2]
+from absl import app
+from pixel_jax import evaluate
+index, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)
-mine = [ResponseRecord(id=f"p{index}/{k}", category="c", group="", correct=1.0, reward=0.5, n_calls=k,
-                       n_failed_calls=0, response="é" * (k + 3 * index)) for k in range(index + 1)]
-print(json.dumps([record.id + ":" + record.response for record in benchmarks.all_process_records(mine)]))
+sys.argv = ["evaluate", "--config=configs/eval.py:runlocal", f"--config.workdir={workdir}",
+            "--config.num_examples=4", "--config.data.pipeline.batch_size=4"]
+app.run(evaluate.main)
 """
 
 
 @pytest.mark.slow
-def test_records_of_every_process_are_gathered_in_process_order():
+def test_two_processes_report_what_one_process_reports(tmp_path):
+    """Every process reads the global batches, each device rolls out its rows, all score the whole."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    processes = [subprocess.Popen([sys.executable, "-c", GATHER_WORKER, str(i), str(port)], env=env, cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=300) for p in processes]
+    processes = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_WORKER, str(i), str(port), str(tmp_path / "two")],
+                                  env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    outputs = [p.communicate(timeout=900) for p in processes]
     for p, (_, stderr) in zip(processes, outputs):
         assert p.returncode == 0, stderr[-3000:]
-    expected = ["p0/0:", "p1/0:ééé", "p1/1:éééé"]  # unequal payload sizes, multi-byte text
-    assert [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs] == [expected, expected]
+    single = subprocess.run([sys.executable, "-c", TWO_PROCESS_WORKER.replace(
+        'jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)', ""), "0", "0", str(tmp_path / "one")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("two", "one"))
+    assert [r["id"] for r in two["records"]] == [r["id"] for r in one["records"]]
+    assert [r["response"] for r in two["records"]] == [r["response"] for r in one["records"]]
+    assert two["metrics"] == pytest.approx(one["metrics"])

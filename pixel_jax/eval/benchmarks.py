@@ -8,10 +8,8 @@
 Decoding is whatever the rollout section says (evaluation configs: greedy, T = 0). The engine is
 built from the first model's graph and reused: later calls may pass a new model object of the same
 graph (a training run's current parameters) without recompiling. In a multi-process run every
-process rolls out its rows (its pipeline's batches, which must match the other processes' in number
-and shape: each rollout is one collective program), scores them against its own examples, and the
-records of all processes are gathered, so every process holds the same metrics and records; the
-gallery shows the process's own first rows.
+process reads the same global batches (`Experiment.batches`), the rollout is one program over all
+devices, and every process scores the whole rollout: all hold the same report.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from typing import Iterable, Mapping
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from pixel_jax.data.pipeline import Batch
 from pixel_jax.eval import metrics as metrics_lib
@@ -33,7 +30,6 @@ from pixel_jax.experiment import Experiment
 from pixel_jax.gallery import GalleryEntry, batch_entries
 from pixel_jax.models import qwen2_5_vl as qvl
 from pixel_jax.rl.scoring import Scores, score_rollouts
-from pixel_jax.rollout.inputs import question_text
 from pixel_jax.rollout.tool_step import ToolTables
 from pixel_jax.rollout.trajectory import Trajectory
 
@@ -101,7 +97,7 @@ class Evaluator:
         records, first_batch = [], None
         for index, batch in enumerate(batches):
             inputs = self.run.rollout_inputs(batch, self.rollout)
-            trajectory = self.run.local_trajectory(self.engine(model, inputs, jax.random.fold_in(rng, index)))
+            trajectory = self.run.host_trajectory(self.engine(model, inputs, jax.random.fold_in(rng, index)))
             scores = score_rollouts(trajectory, batch.examples, group_size=1, tok=self.run.tok,
                                     protocol=self.run.protocol, weights=self.weights)
             records += metrics_lib.response_records(batch.examples, batch.valid, scores, trajectory.n_calls,
@@ -110,22 +106,8 @@ class Evaluator:
                 first_batch = FirstBatch(batch, trajectory, scores, self.run.tables)
         if first_batch is None:
             raise ValueError("Evaluator: `batches` yielded no batch (an empty evaluation split?)")
-        records = all_process_records(records)
         return EvalReport(metrics_lib.aggregate(records), tuple(records), first_batch)
 
 
 def _decimal(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".")
-
-
-def all_process_records(records: list[ResponseRecord]) -> list[ResponseRecord]:
-    """The records of every process, in process order (each process's own when there is one)."""
-    if jax.process_count() == 1:
-        return records
-    payload = np.frombuffer(json.dumps([dataclasses.asdict(record) for record in records]).encode(), np.uint8)
-    sizes = multihost_utils.process_allgather(np.array([payload.size]))  # [P, 1]
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: payload.size] = payload
-    gathered = multihost_utils.process_allgather(padded)  # [P, max size]
-    return [ResponseRecord(**fields) for data, size in zip(gathered, sizes[:, 0])
-            for fields in json.loads(data[:size].tobytes())]

@@ -22,7 +22,7 @@ from pixel_jax.rollout.trajectory import Trajectory
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
-    """One rollout batch on the host: this process's rows of it."""
+    """One rollout batch on the host (whole: every process holds the same)."""
 
     trajectory: Trajectory  # [Q·G] rows, numpy leaves (positions [3, Q·G, S])
     task_reward: np.ndarray  # [Q·G] r(x, y_i)

@@ -83,10 +83,8 @@ class Collector:
         metrics["rollout/informative_groups"] = assembled.informative_groups / config.data.pipeline.batch_size
         place = self.experiment.place_rows
         batch = learner.RolloutBatch(
-            trajectory=jax.tree.map(place, assembled.trajectory.replace(positions=None)).replace(
-                positions=place(assembled.trajectory.positions, row_axis=1)),
-            task_reward=place(assembled.task_reward), prompt_pixel_values=place(assembled.prompt_pixel_values),
-            prompt_grid_thw=place(assembled.prompt_grid_thw))
+            trajectory=self.experiment.place_trajectory(assembled.trajectory), task_reward=place(assembled.task_reward),
+            prompt_pixel_values=place(assembled.prompt_pixel_values), prompt_grid_thw=place(assembled.prompt_grid_thw))
         return state, batch, metrics, (rollouts[0], *scored[0])
 
     def _rollout(self, state: learner.LearnerState, policy: nnx.Module, batch: Batch, key: jax.Array):
@@ -95,13 +93,13 @@ class Collector:
                                              self.config.rollout.max_prompt_len)
         trajectory = self.engine(policy, {name: experiment.place_rows(value) for name, value in host.items()},
                                  key, group_size=group_size)
-        local = experiment.local_trajectory(trajectory)
-        scores = scoring.score_rollouts(local, batch.examples, group_size=group_size, tok=experiment.tok,
+        trajectory = experiment.host_trajectory(trajectory)
+        scores = scoring.score_rollouts(trajectory, batch.examples, group_size=group_size, tok=experiment.tok,
                                         protocol=experiment.protocol, weights=self.config.reward.weights.to_dict())
         shaped = learner.shape_batch_rewards(self.learner_config, state.curiosity, jnp.asarray(scores.task_reward),
-                                             jax.tree.map(jnp.asarray, local))
+                                             jax.tree.map(jnp.asarray, trajectory))
         rollout = dynamic_sampling.Rollout(
-            trajectory=local, task_reward=scores.task_reward, shaped_reward=np.asarray(shaped["reward"]),
+            trajectory=trajectory, task_reward=scores.task_reward, shaped_reward=np.asarray(shaped["reward"]),
             prompt_pixel_values=host["pixel_values"], prompt_grid_thw=host["image_grid_thw"], valid=batch.valid)
         return rollout, scores
 
@@ -139,9 +137,6 @@ def policy_model(plan: learner.LearnerPlan, frozen: nnx.State, state: learner.Le
 def run(config: ml_collections.ConfigDict, init: str) -> dict:
     """Runs (or resumes) GRPO from `init` (a HF folder, a checkpoint or a run directory, "" =
     random); returns the held-out summary {"initial": {...}, "final": {...}} (eval/* metrics)."""
-    if jax.process_count() > 1:
-        raise NotImplementedError("the GRPO loop scores whole rollouts on one process; multi-host data "
-                                  "placement of the loop is not implemented")
     experiment = Experiment.from_config(config)
     workdir = epath.Path(config.workdir)
     learner_config = config_validation.learner_config(config)

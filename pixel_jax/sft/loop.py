@@ -59,7 +59,7 @@ def synthesise(experiment: Experiment, model: nnx.Module, store: TrajectoryStore
         if index < done:
             continue
         sft_batch, _ = synthesizer(model, batch)
-        store.write(index, jax.device_get(sft_batch))
+        store.write(index, sft_batch.replace(trajectory=experiment.host_trajectory(sft_batch.trajectory)))
         _LOG.info("synthesised warm-start batch %d (%d examples)", index, int(batch.valid.sum()))
     store.mark_complete()
 
@@ -67,9 +67,6 @@ def synthesise(experiment: Experiment, model: nnx.Module, store: TrajectoryStore
 def run(config: ml_collections.ConfigDict) -> epath.Path:
     """Runs (or resumes, or finds finished) the SFT phase; returns its work directory, whose latest
     checkpoint holds the warm-started parameters."""
-    if jax.process_count() > 1:
-        raise NotImplementedError("the SFT phase loads whole batches on one process; multi-host SFT data "
-                                  "placement is not implemented")
     experiment = Experiment.from_config(config)
     workdir = epath.Path(config.workdir)
     plan = trainer.plan_sft(experiment.create_model_fn(), sft_config(config), experiment.mesh, experiment.rules)
@@ -78,37 +75,42 @@ def run(config: ml_collections.ConfigDict) -> epath.Path:
             state = checkpoints.restore(plan.abstract_state)
         else:
             state = train_step.init_state(plan, experiment.load_model(config.model.init))
-        start = int(state.step)
-        if start >= config.total_steps:
-            _LOG.info("SFT phase in %s already finished (%d steps)", workdir, start)
-            return workdir
-        model = nnx.merge(plan.graphdef, state.params)
-        store = TrajectoryStore(workdir / TRAJECTORY_DIR)
-        synthesise(experiment, model, store)
-        evaluator = Evaluator(experiment, model, config.eval.rollout, config.reward.weights.to_dict())
-        update = trainer.SFTStep(plan, sft_config(config))
-        with MetricWriter(workdir, start_step=start + 1 if start else 0) as writer:  # steps after `start` rerun
-            bar = ProgressBar(config.total_steps, initial=start, description="SFT")
-            for step in range(start + 1, config.total_steps + 1):
-                epoch, position = divmod(step - 1, len(store))
-                batch = store.read(int(store.epoch_order(epoch, config.seed)[position]))
-                state, metrics = update(state, batch)
-                metrics = {f"train/{name}": value for name, value in jax.device_get(metrics).items()}
-                last = step == config.total_steps
-                if step % config.eval.every == 0 or last:
-                    report = evaluator(nnx.merge(plan.graphdef, state.params), eval_batches(experiment, config))
-                    metrics.update({f"eval/{name}": value for name, value in report.metrics.items()})
-                if step % config.logging.log_every == 0 or "eval/accuracy" in metrics:
-                    writer.write(step, metrics)
-                bar.update(step, {name.split("/")[-1]: value for name, value in metrics.items()
-                                  if name.startswith("eval/")})
-                if step % config.checkpoint.every == 0 or last:
-                    ranked = {k: v for k, v in metrics.items() if k.startswith("eval/")} or None
-                    checkpoints.save(step, state, metrics=ranked, force=last)
-            bar.close()
+        if int(state.step) < config.total_steps:
+            _train(experiment, plan, state, checkpoints)
+        else:
+            _LOG.info("SFT phase in %s already finished (%d steps)", workdir, int(state.step))
     return workdir
 
 
-def eval_batches(experiment: Experiment, config: ml_collections.ConfigDict):
-    """The held-out examples of `config.eval` (the first `num_examples`, one pass)."""
-    return experiment.batches(config.eval.data, num_examples=config.eval.num_examples, single_pass=True)
+def _train(experiment: Experiment, plan: train_step.TrainPlan, state: train_step.TrainState,
+           checkpoints: checkpoint.Checkpoints) -> None:
+    """Synthesis if unfinished, then steps `state.step + 1` … `total_steps` (the module docstring)."""
+    config, workdir, start = experiment.config, epath.Path(experiment.config.workdir), int(state.step)
+    model = nnx.merge(plan.graphdef, state.params)
+    store = TrajectoryStore(workdir / TRAJECTORY_DIR)
+    synthesise(experiment, model, store)
+    evaluator = Evaluator(experiment, model, config.eval.rollout, config.reward.weights.to_dict())
+    update = trainer.SFTStep(plan, sft_config(config))
+    with MetricWriter(workdir, start_step=start + 1 if start else 0) as writer:  # steps after `start` rerun
+        bar = ProgressBar(config.total_steps, initial=start, description="SFT")
+        for step in range(start + 1, config.total_steps + 1):
+            epoch, position = divmod(step - 1, len(store))
+            stored = store.read(int(store.epoch_order(epoch, config.seed)[position]))
+            state, metrics = update(state, stored.replace(
+                trajectory=experiment.place_trajectory(stored.trajectory),
+                prompt_pixel_values=experiment.place_rows(stored.prompt_pixel_values),
+                prompt_grid_thw=experiment.place_rows(stored.prompt_grid_thw)))
+            metrics = {f"train/{name}": value for name, value in jax.device_get(metrics).items()}
+            last = step == config.total_steps
+            if step % config.eval.every == 0 or last:
+                held_out = experiment.batches(config.eval.data, num_examples=config.eval.num_examples,
+                                              single_pass=True)
+                report = evaluator(nnx.merge(plan.graphdef, state.params), held_out)
+                metrics.update({f"eval/{name}": value for name, value in report.metrics.items()})
+            if step % config.logging.log_every == 0 or last or "eval/accuracy" in metrics:
+                writer.write(step, metrics)
+            bar.update(step, {name.removeprefix("eval/"): value for name, value in metrics.items()})
+            if step % config.checkpoint.every == 0 or last:
+                ranked = {k: v for k, v in metrics.items() if k.startswith("eval/")} or None
+                checkpoints.save(step, state, metrics=ranked, force=last)
+        bar.close()

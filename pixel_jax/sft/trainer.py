@@ -151,12 +151,12 @@ class SFTStep:
     def __call__(self, state: train_step.TrainState, batch: SFTBatch):
         fields = _fields(batch)
         axes = _field_axes(fields)
-        prompt_len = batch.trajectory.prompt_len
-        key = (prompt_len, tuple(sorted((name, len(a)) for name, a in axes.items())))
+        shapes = {name: tuple(value.shape) for name, value in fields.items()}
+        key = (batch.trajectory.prompt_len, tuple(sorted(shapes.items())))
         if key not in self._steps:
             self._steps[key] = train_step.make_train_step(
-                self.plan, train_step.batch_axes((), **axes), self._loss(prompt_len))
-        shardings = sharding.batch_shardings(axes, self.plan.mesh, self.plan.rules)
+                self.plan, train_step.batch_axes((), **axes), self._loss(batch.trajectory.prompt_len), shapes)
+        shardings = sharding.batch_shardings(axes, self.plan.mesh, self.plan.rules, shapes)
         placed = jax.device_put(fields, shardings)
         learning_rate = self._schedule(state.step)
         state, metrics = self._steps[key](state, placed)
