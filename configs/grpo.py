@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         total_steps=config.get_ref("total_steps") * config.rl.get_ref("policy_iterations"))
     config.frozen = ()  # regexes over parameter paths kept fixed, e.g. (r"^visual\.",) for the ViT
 
-    config.eval = common.evaluation_config(args, every=by_scale(10, 25, 2), num_examples=by_scale(32, 0, 4),
+    config.eval = common.evaluation_config(args, every=by_scale(10, 25, 2), num_examples=by_scale(16, 0, 4),
                                            batch_size=by_scale(8, 64, 2), max_new_tokens=config.rollout.get_ref(
                                                "max_new_tokens"), seed=seed)
     config.checkpoint = common.checkpoint_config(every=by_scale(10, 25, 1))

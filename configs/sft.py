@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dataset = common.DATASETS[args.data]
     seed = config.get_ref("seed")
 
-    config.total_steps = by_scale(200, 180, 2)  # paper scale: 3 epochs of the ~7.85k release trajectories
+    config.total_steps = by_scale(100, 180, 2)  # paper scale: 3 epochs of the ~7.85k release trajectories
     config.batch_size = by_scale(8, 128, 2)  # sequences per step
     config.data = common.data_config(args, args.data, split=dataset.train_split, phase="train", training=True,
                                      batch_size=config.get_ref("batch_size"), seed=seed,
@@ -54,9 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.frozen = ()  # regexes over parameter paths kept fixed, e.g. (r"^visual\.",) for the ViT
 
     config.reward = common.reward_config(args)  # scores the held-out rollouts
-    config.eval = common.evaluation_config(args, every=by_scale(100, 50, 2), num_examples=by_scale(32, 0, 4),
+    config.eval = common.evaluation_config(args, every=by_scale(100, 50, 2), num_examples=by_scale(16, 0, 4),
                                            batch_size=by_scale(8, 64, 2),
                                            max_new_tokens=common.max_new_tokens(args), seed=seed)
-    config.checkpoint = common.checkpoint_config(every=by_scale(100, 50, 1))
+    config.checkpoint = common.checkpoint_config(every=by_scale(50, 50, 1))
     config.logging = common.logging_config(log_every=by_scale(1, 10, 1), gallery_every=config.eval.get_ref("every"))
     return config

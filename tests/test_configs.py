@@ -178,7 +178,7 @@ def test_bad_args_name_the_key(arg, message):
     ("--config.model.dtype=float8", "config.model: Invalid Qwen2_5_VLConfig: dtype='float8'"),
     ("--config.optimizer.learning_rate=0.0", "config.optimizer.learning_rate=0.0 must be > 0"),
     ("--config.sft.optimizer.warmup_steps=500",
-     "config.sft.optimizer.warmup_steps=500 must be in [0, total_steps=200)"),
+     "config.sft.optimizer.warmup_steps=500 must be in [0, total_steps=100)"),
     ("--config.frozen=('visual[',)", "config.frozen: 'visual[' is not a valid regex"),
     ("--config.sft.aggregation=mean", "config.sft.aggregation='mean' is not one of"),
     ("--config.checkpoint.best_mode=best", "config.checkpoint.best_mode='best' is not one of ('max', 'min')"),
