@@ -143,10 +143,11 @@ def _repeat_state(state: "RolloutState", group_size: int) -> "RolloutState":
 
 
 def _encode(model, pixel_values, grid):
-    """Prompt images/videos: [Σ patches, patch_dim] or [B, P0, patch_dim] (both in reading order)."""
+    """Prompt images/videos: [Σ patches, patch_dim] in reading order -> [Σ tokens, D]; or
+    [B, P0, patch_dim], row b's own image (attended alone) -> [B, P0/m², D]."""
     if pixel_values is None:
         return None
-    return model.encode_vision(pixel_values.reshape(-1, pixel_values.shape[-1]), grid)
+    return model.encode_vision(pixel_values, grid)
 
 
 def _ends_with(tokens: jax.Array, cursor: jax.Array, sequence: tuple[int, ...]) -> jax.Array:

@@ -55,7 +55,8 @@ class Qwen2_5_VL(nnx.Module):
 
     # ------------------------------------------------------------------ pieces
     def encode_vision(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
-        """Flattened patches [P, patch_dim] and grids [I, 3] -> visual tokens [P/4, D]."""
+        """Flattened patches [P, patch_dim] and grids [I, 3] -> visual tokens [P/4, D]; or patches
+        [I, Q, patch_dim], one image per entry (its first t·h·w rows) -> [I, Q/4, D]."""
         return self.visual(pixel_values, grid_thw)
 
     def embed(

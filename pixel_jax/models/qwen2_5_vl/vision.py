@@ -4,10 +4,12 @@ Einsum letters: P patches (all images packed), E vision width, N heads, H head d
 X the q/k/v triple, F MLP hidden dim, O output width (= the decoder's D).
 
 Static shapes: `pixel_values` is the packed [P, patch_dim] array of the processor (it may be
-padded with extra rows), `grid_thw` may be traced. Instead of reordering patches into windows
-as the reference does, every patch gets a frame id and window coordinates, and attention is
-masked to equal ids: the same function (attention is permutation-equivariant), no reordering,
-no data-dependent shapes.
+padded with extra rows), `grid_thw` may be traced; or [I, Q, patch_dim], one image (or video)
+per entry. Instead of reordering patches into windows as the reference does, every patch gets a
+frame id and window coordinates, and attention is masked to equal ids: the same function
+(attention is permutation-equivariant), no reordering, no data-dependent shapes. Attention runs
+image by image (cost I·Q² instead of (I·Q)²) whenever the image boundaries are static: one image
+per entry, or packed images of one host-known size.
 """
 
 from __future__ import annotations
@@ -39,14 +41,16 @@ class PatchLayout(NamedTuple):
     window_row: jax.Array  # attention-window coordinates (window attention stays within one)
     window_col: jax.Array
 
-    def full_attention_mask(self) -> jax.Array:  # [P, P]
-        return self.frame_id[:, None] == self.frame_id[None, :]
+    def full_attention_mask(self) -> jax.Array:  # [..., P, P]
+        return _same(self.frame_id)
 
-    def window_attention_mask(self) -> jax.Array:  # [P, P]
-        same_window = (self.window_row[:, None] == self.window_row[None, :]) & (
-            self.window_col[:, None] == self.window_col[None, :]
-        )
-        return self.full_attention_mask() & same_window
+    def window_attention_mask(self) -> jax.Array:  # [..., P, P]
+        return self.full_attention_mask() & _same(self.window_row) & _same(self.window_col)
+
+
+def _same(ids: jax.Array) -> jax.Array:
+    """[..., P] -> [..., P, P]: patch pairs with equal ids."""
+    return ids[..., :, None] == ids[..., None, :]
 
 
 def patch_layout(grid_thw: jax.Array, num_patches: int, config: VisionConfig) -> PatchLayout:
@@ -82,14 +86,14 @@ def patch_layout(grid_thw: jax.Array, num_patches: int, config: VisionConfig) ->
 def vision_rotary(layout: PatchLayout, config: VisionConfig) -> tuple[jax.Array, jax.Array]:
     """2-D rotary angles: the first half of each head rotates with the row, the second with the column.
 
-    Returns cos, sin [P, H] in float32.
+    Returns cos, sin [..., P, H] in float32 (layout fields [..., P]).
     """
     quarter = config.head_dim // 4
     inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, 2 * quarter, 2, dtype=jnp.float32) / (2 * quarter)))
     freqs = jnp.concatenate(
-        [layout.row[:, None] * inv_freq, layout.col[:, None] * inv_freq], axis=-1
-    )  # [P, H/2]
-    angles = jnp.concatenate([freqs, freqs], axis=-1)  # [P, H]
+        [layout.row[..., None] * inv_freq, layout.col[..., None] * inv_freq], axis=-1
+    )  # [..., P, H/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)  # [..., P, H]
     return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -105,15 +109,14 @@ class VisionAttention(nnx.Module):
             bias_shape=(e,), bias_axes=("vit_embed",), param_dtype=param_dtype, rngs=rngs,
         )
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, images: int = 1) -> jax.Array:
-        """x [P, E]; with images > 1, P = images · Q patches of equally sized images, attended image
-        by image (cos, sin [Q, H] and mask [Q, Q] shared by all of them); else cos, sin [P, H], mask [P, P]."""
-        num_patches = x.shape[0]
-        qkv = self.qkv(x).reshape(images, num_patches // images, 3, *self.qkv.kernel.shape[2:])  # [I, Q, 3, N, H]
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        """x [I·Q, E]: I images of Q patches, attended image by image under cos, sin [I, Q, H] and
+        mask [I, Q, Q], each either per image or shared by all ([1, Q, ...])."""
+        num_patches, per_image = x.shape[0], mask.shape[-1]
+        qkv = self.qkv(x).reshape(-1, per_image, 3, *self.qkv.kernel.shape[2:])  # [I, Q, 3, N, H]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [I, Q, N, H]
         q = layers.apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = layers.apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        mask = jnp.broadcast_to(mask, (images,) + mask.shape)  # [I, Q, Q]
         out = layers.dot_product_attention(q, k, v, mask)  # [I, Q, N, H]
         return self.proj(out.reshape(num_patches, *out.shape[2:]))
 
@@ -128,8 +131,8 @@ class VisionBlock(nnx.Module):
             axes=("vit_embed", "vit_mlp"),
         )
 
-    def __call__(self, x, cos, sin, mask, images: int = 1):
-        x = x + self.attn(self.norm1(x), cos, sin, mask, images)
+    def __call__(self, x, cos, sin, mask):
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -152,7 +155,8 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-    """pixel_values [P, C·tp·p·p], grid_thw [I, 3] -> merged visual tokens [P/m², O]."""
+    """pixel_values [P, C·tp·p·p], grid_thw [I, 3] -> merged visual tokens [P/m², O]; or
+    pixel_values [I, Q, C·tp·p·p] (image i in the first t·h·w of its Q rows) -> [I, Q/m², O]."""
 
     def __init__(self, config: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         self.config = config
@@ -167,24 +171,33 @@ class VisionTransformer(nnx.Module):
         self.merger = PatchMerger(config, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
-        num_patches, patch_dim = pixel_values.shape
+        *entries, per_entry, patch_dim = pixel_values.shape
+        num_patches = int(np.prod(entries, dtype=int)) * per_entry
         if patch_dim != self.config.patch_dim:
             raise ValueError(
                 f"pixel_values has rows of length {patch_dim}; this vision tower expects "
                 f"{self.config.patch_dim} (= channels·temporal_patch·patch²)"
             )
         merge_unit = self.config.spatial_merge_size**2
-        if num_patches % merge_unit:
-            raise ValueError(f"pixel_values has {num_patches} rows, not a multiple of {merge_unit} (merge blocks)")
-        images = _equal_images(grid_thw, num_patches)
-        layout = patch_layout(grid_thw[:1] if images > 1 else grid_thw, num_patches // images, self.config)
-        cos, sin = vision_rotary(layout, self.config)
-        full_mask, window_mask = layout.full_attention_mask(), layout.window_attention_mask()
-        x = sharding.constrain(self.patch_embed(pixel_values.astype(self.dtype)), PATCH_AXES)  # [P, E]
+        if per_entry % merge_unit:
+            raise ValueError(f"pixel_values has {per_entry} rows per image, not a multiple of {merge_unit} "
+                             "(merge blocks)")
+        if entries:  # one image per entry: each its own layout
+            layout = jax.vmap(lambda grid: patch_layout(grid[None], per_entry, self.config))(
+                jnp.asarray(grid_thw).reshape(-1, 3))  # fields [I, Q]
+        else:
+            images = _equal_images(grid_thw, num_patches)
+            layout = patch_layout(grid_thw[:1] if images > 1 else grid_thw, num_patches // images, self.config)
+            layout = jax.tree.map(lambda field: field[None], layout)  # fields [1, Q]: shared by all images
+        cos, sin = vision_rotary(layout, self.config)  # [I | 1, Q, H]
+        full_mask, window_mask = layout.full_attention_mask(), layout.window_attention_mask()  # [I | 1, Q, Q]
+        x = self.patch_embed(pixel_values.reshape(num_patches, patch_dim).astype(self.dtype))
+        x = sharding.constrain(x, PATCH_AXES)  # [P, E]
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask, images)
+            x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask)
             x = sharding.constrain(x, PATCH_AXES)
-        return sharding.constrain(self.merger(x), VISUAL_TOKEN_AXES)
+        tokens = sharding.constrain(self.merger(x), VISUAL_TOKEN_AXES)  # [P/m², O]
+        return tokens.reshape(*entries, -1, tokens.shape[-1])
 
 
 def _equal_images(grid_thw, num_patches: int) -> int:
