@@ -247,7 +247,7 @@ class Engine:
         video_embeds = _encode(model, batch.get("pixel_values_videos"), video_grid)
         positions, deltas = get_rope_index(cfg, ids, mask, grid, video_grid, batch.get("second_per_grid_ts"))
         cache = empty_cache(cfg, b, s)
-        prompt_mask = jnp.pad(causal_padding_mask(mask), ((0, 0), (0, 0), (0, s - p)))  # [B, P, S]
+        prompt_mask = causal_padding_mask(mask)  # [B, P, P]: the prompt attends to its own P slots only
         hidden, cache = model.decode(model.embed(ids, image_embeds, video_embeds), positions, prompt_mask, cache,
                                      jnp.zeros((b,), jnp.int32))
         logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V] (left padding: the last slot is real)

@@ -81,7 +81,8 @@ class Qwen2_5_VL(nnx.Module):
         cache: KVCache | None = None,
         write_index: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """The decoder over embeds [B, T, D] at positions [3, B, T] under mask [B, T, S]."""
+        """The decoder over embeds [B, T, D] at positions [3, B, T] under mask [B, T, M] (with a
+        cache: its first M slots are attended to)."""
         return self.language_model(embeds, positions, mask, cache, write_index)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -7,8 +7,9 @@ The decoder runs in two modes with one code path:
 - no cache: the T tokens attend to each other under `mask` [B, T, T];
 - with a cache (per layer keys [B, K, S, H] and values [B, K, H, S], see `empty_cache`): the
   chunk's keys/values are written at slots `write_index[b] + arange(T)` of each row, then the
-  chunk attends to all S slots under `mask` [B, T, S]. Positions are explicit, so rows may sit at
-  different offsets and the cache may hold holes (slots that the mask never opens).
+  chunk attends to the first M ≤ S slots under `mask` [B, T, M] (a prompt prefill: M = T, its
+  own slots only). Positions are explicit, so rows may sit at different offsets and the cache
+  may hold holes (slots that the mask never opens).
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class Attention(nnx.Module):
         else:
             k_cache = sharding.constrain(write_to_cache(kv[0], k, write_index, slot_axis=2), K_CACHE_AXES)
             v_cache = sharding.constrain(write_to_cache(kv[1], v, write_index, slot_axis=3), V_CACHE_AXES)
-            k, v = k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 3, 1, 2)  # [B, S, K, H] views
+            keys = mask.shape[-1]  # M: the slots attended to
+            k = k_cache[:, :, :keys].transpose(0, 2, 1, 3)  # [B, M, K, H] views
+            v = v_cache[..., :keys].transpose(0, 3, 1, 2)
             new_kv = (k_cache, v_cache)
         out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         return self.o_proj(sharding.constrain(out, Q_AXES)), new_kv
@@ -135,7 +138,8 @@ class TextModel(nnx.Module):
         cache: KVCache | None = None,
         write_index: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """embeds [B, T, D], positions [3, B, T], mask [B, T, S] -> hidden [B, T, D], updated cache."""
+        """embeds [B, T, D], positions [3, B, T], mask [B, T, M] (M = T without a cache, M ≤ S with
+        one) -> hidden [B, T, D], updated cache."""
         if (cache is None) != (write_index is None):
             raise ValueError("cache and write_index must be given together")
         cos, sin = mrope_cos_sin(positions, self.config)
