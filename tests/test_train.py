@@ -63,10 +63,16 @@ def _final_params(workdir: pathlib.Path, step: int) -> dict:
     return flat
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, cache_dir) -> tuple[pathlib.Path, str]:
+    """The main command at runlocal scale, run to its end without interruption: (workdir, output)."""
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    return workdir, _run(_command(workdir, cache_dir))
+
+
 @pytest.mark.slow
-def test_main_command_runs_both_phases_leaves_outputs_and_a_rerun_resumes(tmp_path, cache_dir):
-    workdir = tmp_path / "run"
-    output = _run(_command(workdir, cache_dir))
+def test_main_command_runs_both_phases_leaves_outputs_and_a_rerun_resumes(straight_run, cache_dir):
+    workdir, output = straight_run
     # both phases, each with metrics and checkpoints; GRPO with its gallery and the side-by-side report
     assert "| held-out | initial (warm start) | final |" in output
     for phase in (workdir / "sft", workdir):
@@ -93,14 +99,11 @@ def test_main_command_runs_both_phases_leaves_outputs_and_a_rerun_resumes(tmp_pa
 
 
 @pytest.mark.slow
-def test_grpo_resume_after_kill_9_continues_exactly(tmp_path, cache_dir):
-    """2 GRPO steps straight == 1 step, checkpoint, kill -9, rerun (from a random tiny model)."""
-    no_warm_start = ["--config.warm_start=False", "--config.total_steps=2"]
-    straight = tmp_path / "straight"
-    _run(_command(straight, cache_dir, *no_warm_start))
-
+def test_resume_after_kill_9_continues_exactly(straight_run, tmp_path, cache_dir):
+    """The run killed (-9) after its first GRPO checkpoint and rerun ends with the parameters of the
+    run that never stopped (its SFT phase is found finished, GRPO resumes at step 1)."""
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_command(killed, cache_dir, *no_warm_start), cwd=ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_command(killed, cache_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 1500
@@ -111,9 +114,9 @@ def test_grpo_resume_after_kill_9_continues_exactly(tmp_path, cache_dir):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert not (killed / "checkpoints" / "2").is_dir()
-    _run(_command(killed, cache_dir, *no_warm_start))
+    _run(_command(killed, cache_dir))
 
-    expected, resumed = _final_params(straight, 2), _final_params(killed, 2)
+    expected, resumed = _final_params(straight_run[0], 2), _final_params(killed, 2)
     assert expected.keys() == resumed.keys()
     for name in expected:
         np.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
