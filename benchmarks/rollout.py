@@ -32,13 +32,15 @@ successful zoom, and prints how many response tokens each side wrote.
 Each side is timed from the prompts (questions and images) to finished responses, prompt
 tokenisation and pre-processing included; the fastest of `--repeats` rounds, the two sides taking
 turns within a round. rollouts/s = responses finished per second (prompts × G); tokens/s = response
-tokens (forced + free) per second. transformers runs with `--torch-threads` intra-op threads, 1 by
-default: on a shared 2-core machine torch's OpenMP threads spin against the other processes'
-(measured under load: 2 threads made the host loop 1.7–4x slower and `benchmarks/sampler.py`'s
-reference 10x slower), so 1 is the reference's fastest setting there; pass 2 on an idle machine.
+tokens (forced + free) per second. transformers runs with `--torch-threads` intra-op threads and
+XLA's dot kernels with `--xla-threads`, 1 each by default: on a shared 2-core machine both
+libraries' worker threads spin against the other processes' (measured under load: 2 threads made
+the host loop 1.7–4x slower and `benchmarks/sampler.py`'s reference 10x slower, and pixel_jax ~2x
+slower, `threads.py`), so 1 is each side's fastest setting there; pass 2 on an idle machine.
 
     python benchmarks/rollout.py [--prompts 2] [--group 8] [--view 224x168] [--original 896x672]
                                  [--crop 224x224] [--free-tokens 16] [--repeats 3] [--torch-threads 1]
+                                 [--xla-threads 1]
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import torch
+from threads import xla_kernel_threads
 from timing import best_of_interleaved
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers import Qwen2_5_VLConfig as HFConfig
@@ -350,8 +353,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads of transformers (see the module docstring)")
+    parser.add_argument("--xla-threads", type=int, default=1,
+                        help="1: XLA's CPU dot kernels on one thread, else on all cores (see the module docstring)")
     args = parser.parse_args()
-    for name in ("prompts", "group", "repeats", "torch_threads"):
+    for name in ("prompts", "group", "repeats", "torch_threads", "xla_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.free_tokens < 0:
@@ -363,6 +368,7 @@ def main() -> None:
     args = parse_args()
     crop_hw = args.crop[::-1]
     torch.set_num_threads(args.torch_threads)
+    xla_threads = xla_kernel_threads(args.xla_threads)
     tok, protocol = load_tokenizer(), PROTOCOLS.get(PROTOCOL)
     ours, hf = build_models(benchmark_config(), seed=0)
     prompts = make_prompts(args.prompts, args.view, args.original)
@@ -389,7 +395,7 @@ def main() -> None:
     print(f"{args.prompts} prompts x G={args.group} = {rows} rollouts, one zoom each; view {args.view[0]}x"
           f"{args.view[1]}, original {args.original[0]}x{args.original[1]}, crop {args.crop[0]}x{args.crop[1]}")
     print(f"{lengths[0]}-{lengths[-1]} forced + up to {args.free_tokens} greedy tokens per response; "
-          f"best of {args.repeats}; torch threads {args.torch_threads}")
+          f"best of {args.repeats}; torch threads {args.torch_threads}, XLA kernel threads {xla_threads}")
     print(f"{'implementation':<34}{'seconds':>9}{'rollouts/s':>12}{'tokens':>8}{'tokens/s':>10}")
     for label, seconds, out in (("pixel_jax engine (one program)", ours_s, ours_out),
                                 ("host loop (transformers + PIL)", host_s, host_out)):

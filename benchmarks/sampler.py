@@ -3,12 +3,12 @@
 Same weights (written by transformers, read by pixel_jax), a Qwen2.5-VL config with 4 layers,
 hidden 256, 8 heads, 2 KV heads, vocab 4096; by default batch 8, 64-token prompts, 128 new tokens,
 greedy. Prints a table and the speed ratio measured in this run. transformers runs with
-`--torch-threads` intra-op threads, 1 by default: on a shared 2-core machine torch's OpenMP threads
-spin against the other processes' and a 2-thread run measures the contention, not transformers;
-pass 2 on an idle machine.
+`--torch-threads` intra-op threads and XLA's dot kernels with `--xla-threads`, 1 each by default:
+on a shared 2-core machine both libraries' worker threads spin against the other processes' and a
+2-thread run measures the contention, not the library (`threads.py`); pass 2 on an idle machine.
 
     python benchmarks/sampler.py [--batch 8] [--prompt-len 64] [--new-tokens 128] [--repeats 3]
-                                 [--torch-threads 1]
+                                 [--torch-threads 1] [--xla-threads 1]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 import torch
+from threads import xla_kernel_threads
 from timing import best_of_interleaved
 from transformers import Qwen2_5_VLConfig as HFConfig
 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -50,8 +51,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads of transformers (see the module docstring)")
+    parser.add_argument("--xla-threads", type=int, default=1,
+                        help="1: XLA's CPU dot kernels on one thread, else on all cores (see the module docstring)")
     args = parser.parse_args()
-    for name in ("batch", "prompt_len", "new_tokens", "repeats", "torch_threads"):
+    for name in ("batch", "prompt_len", "new_tokens", "repeats", "torch_threads", "xla_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -61,6 +64,7 @@ def main() -> None:
     args = parse_args()
     batch, new = args.batch, args.new_tokens
     torch.set_num_threads(args.torch_threads)
+    xla_threads = xla_kernel_threads(args.xla_threads)
     torch.manual_seed(0)
     hf = Qwen2_5_VLForConditionalGeneration(benchmark_config()).eval()
     with tempfile.TemporaryDirectory() as folder:
@@ -83,7 +87,7 @@ def main() -> None:
     (ours_s, _), (hf_s, _) = best_of_interleaved(args.repeats, run_ours, run_hf)
     tokens = batch * new
     print(f"batch {batch}, prompt {args.prompt_len}, {new} new tokens, greedy, best of {args.repeats}, "
-          f"torch threads {args.torch_threads}")
+          f"torch threads {args.torch_threads}, XLA kernel threads {xla_threads}")
     print(f"{'implementation':<28}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'pixel_jax sampler':<28}{ours_s:>10.3f}{tokens / ours_s:>12.0f}")
     print(f"{'transformers generate':<28}{hf_s:>10.3f}{tokens / hf_s:>12.0f}")
