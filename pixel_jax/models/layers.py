@@ -1,7 +1,8 @@
 """Layers shared by every model in pixel_jax: written once, used by the ViT and the decoder.
 
 Einsum letters: B batch, T query length, S key length, N query heads, K key/value heads,
-G query heads per kv head (N = K·G), H head dim, D model dim, F MLP hidden dim.
+G query heads per kv head (N = K·G), Q queries of a kv head (Q = T·G), H head dim, D model dim,
+F MLP hidden dim.
 
 Parameters carry logical axis names (`out_sharding` metadata) that `pixel_jax.sharding` maps
 to mesh axes; activations are constrained with `sharding.constrain` (the identity outside
@@ -10,7 +11,7 @@ to mesh axes; activations are constrained with `sharding.constrain` (the identit
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,18 +110,104 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotate_half(x) * sin
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+class CausalMask(NamedTuple):
+    """The mask of a sequence attending to itself without a cache, kept structured:
+    query t sees the valid keys s ≤ t. Dense, it is `dense(0, S)`; `dot_product_attention` uses
+    the structure to skip the keys after each block of queries (it never forms the [B, S, S] array).
+    A query that sees no key at all (a hole before the first valid slot) gets another meaningless
+    output than under the dense mask: a mean of the values of its block's keys, not of all.
+    """
+
+    key_valid: jax.Array  # [B, S] bool
+
+    def dense(self, start: int, stop: int) -> jax.Array:
+        """[B, stop − start, stop]: queries start … stop − 1 against keys 0 … stop − 1."""
+        causal = jnp.arange(start, stop)[:, None] >= jnp.arange(stop)[None, :]  # [T', S']
+        return causal[None] & self.key_valid[:, None, :stop]
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | CausalMask) -> jax.Array:
     """Grouped-query attention with an explicit boolean mask.
 
-    q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] (True = may attend) -> [B, T, N, H].
-    Logits and softmax in float32.
+    q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] (True = may attend) or a `CausalMask` (T = S)
+    -> [B, T, N, H]. Logits and softmax in float32.
+
+    Written for the CPU backend, where the [B, K, Q, S] logits and probabilities (Q = T·G: the G
+    query heads of a kv head folded into the query axis) cost more to move than to compute:
+    q is scaled by 1/√H before its product, not the logits after it; both products take operands
+    with their contracted axis last ("BKQH,BKSH", "BKQS,BKHS"), so that the logits leave the
+    first one in the layout the softmax and the second one read (never transposed); the gradient
+    is written out (`_grouped_attention_bwd`); and under a `CausalMask` the queries attend in
+    blocks of `CAUSAL_BLOCK`, each to the keys up to its last query only (with n blocks, (n + 1)/2n
+    of the dense work).
     """
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, n // kv_heads, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (h**-0.5)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
-    return out.reshape(b, t, n, h)
+    groups = n // kv_heads
+    q = (q * h**-0.5).reshape(b, t, kv_heads, groups, h).transpose(0, 2, 1, 3, 4)  # [B, K, T, G, H]
+    q = q.reshape(b, kv_heads, t * groups, h)  # [B, K, Q, H]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # [B, K, S, H], [B, K, H, S]
+    if isinstance(mask, CausalMask):
+        blocks = [_grouped_attention(q[:, :, start * groups:stop * groups], k[:, :, :stop], v[..., :stop],
+                                     mask.dense(start, stop))
+                  for start, stop in _blocks(t, CAUSAL_BLOCK)]
+        out = jnp.concatenate(blocks, axis=2)  # [B, K, Q, H]
+    else:
+        out = _grouped_attention(q, k, v, mask)  # [B, K, Q, H]
+    return out.reshape(b, kv_heads, t, groups, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
+
+
+CAUSAL_BLOCK = 128  # queries per block under a CausalMask
+
+
+def _blocks(length: int, size: int) -> list[tuple[int, int]]:
+    """[(start, stop)] covering 0 … length − 1 in blocks of `size` (the last one shorter)."""
+    return [(start, min(start + size, length)) for start in range(0, length, size)]
+
+
+def _group_mask(mask: jax.Array) -> jax.Array:
+    """mask [B, T, S] -> [B, 1, T, 1, S], against [B, K, T, G, S] (`_grouped`)."""
+    return mask[:, None, :, None, :]
+
+
+def _grouped(x: jax.Array, t: int) -> jax.Array:
+    """[B, K, Q, S] -> [B, K, T, G, S] (a free reshape: query row t·G + g is query t of group g)."""
+    b, kv_heads, queries, s = x.shape
+    return x.reshape(b, kv_heads, t, queries // t, s)
+
+
+@jax.custom_vjp
+def _grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q·kᵀ)·v over the keys `mask` opens: q [B, K, Q, H] (scaled), k [B, K, S, H],
+    v [B, K, H, S], mask [B, T, S] -> [B, K, Q, H]."""
+    return _grouped_attention_fwd(q, k, v, mask)[0]
+
+
+def _grouped_attention_fwd(q, k, v, mask):
+    t = mask.shape[1]
+    logits = jnp.einsum("BKQH,BKSH->BKQS", q, k, preferred_element_type=jnp.float32)  # [B, K, Q, S]
+    logits = jnp.where(_group_mask(mask), _grouped(logits, t), _MASKED)  # [B, K, T, G, S]
+    probs = jax.nn.softmax(logits, axis=-1).reshape(logits.shape[:2] + (-1, logits.shape[-1]))  # [B, K, Q, S]
+    out = jnp.einsum("BKQS,BKHS->BKQH", probs.astype(v.dtype), v)  # [B, K, Q, H]
+    return out, (q, k, v, mask, probs, out)
+
+
+def _grouped_attention_bwd(residuals, d_out):
+    """With P the probabilities and O = P·V: dP = dO·Vᵀ and the softmax gradient
+    dL = P ⊙ (dP − Σ_s P·dP), where Σ_s P_s·dP_s = dO·O is a sum over H instead of S (as in
+    FlashAttention, it spares a pass over the [B, K, Q, S] arrays); dq = dL·k, dk = dLᵀ·q,
+    dv = Pᵀ·dO. dL is zeroed on closed keys (which matters only in rows whose keys are all
+    closed, where P is uniform rather than 0 there)."""
+    q, k, v, mask, probs, out = residuals
+    t = mask.shape[1]
+    d_probs = jnp.einsum("BKQH,BKHS->BKQS", d_out, v, preferred_element_type=jnp.float32)  # [B, K, Q, S]
+    row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)  # [B, K, Q, 1]
+    d_logits = _grouped(probs * (d_probs - row_dot), t)  # [B, K, T, G, S]
+    d_logits = jnp.where(_group_mask(mask), d_logits, 0.0).reshape(probs.shape).astype(q.dtype)
+    d_q = jnp.einsum("BKQS,BKSH->BKQH", d_logits, k)
+    d_k = jnp.einsum("BKQS,BKQH->BKSH", d_logits, q)
+    d_v = jnp.einsum("BKQS,BKQH->BKHS", probs.astype(v.dtype), d_out)
+    return d_q, d_k, d_v, None
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)

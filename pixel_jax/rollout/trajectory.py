@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, place_features
 from pixel_jax.processing import image as image_processing
 
@@ -70,7 +71,8 @@ def token_logprobs(
     prompt_video_values: jax.Array | None = None,
     prompt_video_grid_thw: jax.Array | None = None,
 ) -> jax.Array:
-    """log π_θ(token_s | slots before s) / T_s for every slot: [B, S] float32.
+    """log π_θ(token_s | slots before s) / T_s for every response slot: [B, S] float32, 0 on the
+    prompt (never sampled: its logits are not computed).
 
     The logits of slot s predict the next VALID slot (holes are skipped), at the temperature the
     token was sampled with. prompt_pixel_values / prompt_video_values with their grids are the
@@ -91,8 +93,8 @@ def token_logprobs_and_entropy(
     prompt_video_grid_thw: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`token_logprobs` and the entropy H_s = −Σ_v π_θ(v | ·) log π_θ(v | ·) of the (tempered)
-    distribution each slot's token was drawn from: two [B, S] float32, one forward pass (under jit,
-    the entropy costs nothing when unused)."""
+    distribution each slot's token was drawn from: two [B, S] float32 (0 on the prompt), one
+    forward pass (under jit, the entropy costs nothing when unused)."""
     cfg = model.config
     b, s = trajectory.tokens.shape
     in_prompt = jnp.arange(s)[None] < trajectory.prompt_len
@@ -111,11 +113,13 @@ def token_logprobs_and_entropy(
         crop_embeds = model.encode_vision(patches.reshape(-1, patches.shape[-1]), grid).reshape(b, -1, cfg.hidden_size)
         response_ids = jnp.where(in_prompt, -1, trajectory.tokens)
         embeds = place_features(embeds, response_ids, cfg.image_token_id, crop_embeds)
-    causal = jnp.tril(jnp.ones((s, s), bool))[None] & trajectory.slot_valid[:, None, :]
-    hidden, _ = model.decode(embeds, trajectory.positions, causal)
-    source = previous_valid_slot(trajectory.slot_valid)  # [B, S]
-    hidden = jnp.take_along_axis(hidden, source[..., None], axis=1)  # [B, S, D] the predicting slot
-    logits = model.logits(hidden) / trajectory.temperature[..., None]
-    logprobs = jax.nn.log_softmax(logits, axis=-1)  # [B, S, V]
-    chosen = jnp.take_along_axis(logprobs, trajectory.tokens[..., None], axis=-1)[..., 0]
-    return chosen, -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)
+    hidden, _ = model.decode(embeds, trajectory.positions, layers.CausalMask(trajectory.slot_valid))  # [B, S, D]
+    response = slice(trajectory.prompt_len, s)  # the R = S − prompt_len slots a token may be sampled in
+    source = previous_valid_slot(trajectory.slot_valid)[:, response]  # [B, R]
+    hidden = jnp.take_along_axis(hidden, source[..., None], axis=1)  # [B, R, D] the predicting slot
+    logits = model.logits(hidden) / trajectory.temperature[:, response, None]
+    logprobs = jax.nn.log_softmax(logits, axis=-1)  # [B, R, V]
+    chosen = jnp.take_along_axis(logprobs, trajectory.tokens[:, response, None], axis=-1)[..., 0]  # [B, R]
+    entropy = -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)  # [B, R]
+    on_all_slots = lambda x: jnp.pad(x, ((0, 0), (trajectory.prompt_len, 0)))  # [B, S], 0 on the prompt
+    return on_all_slots(chosen), on_all_slots(entropy)

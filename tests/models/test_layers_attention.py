@@ -1,0 +1,67 @@
+"""layers.dot_product_attention against a plain softmax(q·kᵀ/√H)·v: values and gradients, under a
+dense mask (rows with no open key included) and under a CausalMask attended in blocks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pixel_jax.models import layers
+
+B, T, N, K, H = 2, 11, 4, 2, 8  # G = 2 query heads per kv head
+
+
+def reference_attention(q, k, v, mask):
+    """GQA spelled out: kv heads repeated to N, masked logits, softmax, weighted values."""
+    k, v = jnp.repeat(k, N // K, axis=2), jnp.repeat(v, N // K, axis=2)  # [B, S, N, H]
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(H)
+    logits = jnp.where(mask[:, None], logits, -1e30)
+    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1), v)
+
+
+def inputs(seed: int):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(keys[0], (B, T, N, H))
+    k, v = jax.random.normal(keys[1], (B, T, K, H)), jax.random.normal(keys[2], (B, T, K, H))
+    weights = jax.random.normal(keys[3], (B, T, N, H))  # a loss Σ w·out with no symmetry
+    return q, k, v, weights
+
+
+def value_and_grads(attention, q, k, v, mask, weights):
+    loss = lambda q, k, v: jnp.sum(weights * attention(q, k, v, mask))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
+def assert_close(ours, reference):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_mask_matches_the_reference_with_a_row_that_sees_nothing():
+    q, k, v, weights = inputs(0)
+    mask = jax.random.bernoulli(jax.random.key(1), 0.6, (B, T, T)).at[0, 3].set(False)  # [B, T, S]
+    np.testing.assert_allclose(layers.dot_product_attention(q, k, v, mask), reference_attention(q, k, v, mask),
+                               rtol=1e-5, atol=1e-5)
+    assert_close(value_and_grads(layers.dot_product_attention, q, k, v, mask, weights),
+                 value_and_grads(reference_attention, q, k, v, mask, weights))
+
+
+@pytest.mark.parametrize("block", [1, 4, 11, 64])  # one query per block, a short last block, one block
+def test_causal_mask_in_blocks_matches_the_dense_causal_mask(monkeypatch, block):
+    monkeypatch.setattr(layers, "CAUSAL_BLOCK", block)
+    q, k, v, weights = inputs(2)
+    key_valid = jnp.array([[1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1], [1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1]], bool)  # [B, S]
+    causal = layers.CausalMask(key_valid)
+    dense = jnp.tril(jnp.ones((T, T), bool))[None] & key_valid[:, None, :]
+    np.testing.assert_array_equal(causal.dense(0, T), dense)
+    assert_close(value_and_grads(layers.dot_product_attention, q, k, v, causal, weights),
+                 value_and_grads(reference_attention, q, k, v, dense, weights))
+
+
+def test_causal_mask_dense_block_is_the_slice_of_the_full_mask():
+    key_valid = jnp.array([[0, 1, 1, 0, 1]], bool)
+    full = layers.CausalMask(key_valid).dense(0, 5)
+    np.testing.assert_array_equal(layers.CausalMask(key_valid).dense(2, 4), full[:, 2:4, :4])
+    np.testing.assert_array_equal(full[0, 4], [False, True, True, False, True])
