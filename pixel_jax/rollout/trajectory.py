@@ -102,8 +102,8 @@ def token_logprobs_and_entropy(
     prompt_ids = jnp.where(in_prompt, trajectory.tokens, -1)
     for values, grid, token_id in ((prompt_pixel_values, prompt_grid_thw, cfg.image_token_id),
                                    (prompt_video_values, prompt_video_grid_thw, cfg.video_token_id)):
-        if values is not None:  # reading order over the batch, as given to the rollout
-            features = model.encode_vision(values.reshape(-1, values.shape[-1]), grid)
+        if values is not None:  # as the rollout encodes them: [B, P0, ·] row by row, packed in reading order
+            features = model.encode_vision(values, grid)  # [B, P0/m², D] | [Σ tokens, D]
             embeds = place_features(embeds, prompt_ids, token_id, features)
     crops = trajectory.crops
     if crops.shape[2] > 1:  # the rollout had tools (a real crop grid): each row's crops in order
