@@ -11,7 +11,8 @@ scripts are replayed through the rollout engine with the RL rollout's shapes (`r
 slots, response budget, calls; `tools`: the crop grid), so SFT and GRPO see one token layout.
 With data=pixelreasoner the stored release trajectories are used instead of synthesised ones.
 METHOD.md gives no SFT hyperparameters: every number here is ours. The default (tiny model, random
-init) trains from scratch, so its learning rate is large; a Qwen2.5-VL checkpoint gets 1e-5.
+init) trains from scratch, so its learning rate is large (1e-2: on the stored warm-start batches the
+token loss after 100 steps is 0.43 at 1e-2, 0.59 at 5e-3, 3.6 at 1e-3); a Qwen2.5-VL checkpoint gets 1e-5.
 `configs/grpo.py` runs this phase first when it has no `init`.
 """
 
@@ -47,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
     config.rollout = common.rollout_config(args, "train", max_new_tokens=common.max_new_tokens(args), greedy=True)
 
-    config.optimizer = common.optimizer_config(learning_rate=by_scale(1e-3, 1e-5, 1e-3),
+    config.optimizer = common.optimizer_config(learning_rate=by_scale(1e-2, 1e-5, 1e-2),
                                                warmup_steps=by_scale(10, 10, 0),
                                                total_steps=config.get_ref("total_steps"))
     config.aggregation = "token-mean"  # of the loss over the assistant tokens (rl.grpo.LOSS_AGGREGATIONS)
