@@ -61,6 +61,7 @@ class MetricWriter:
         wall_time = time.time()
         values = {name: scalar(name, value) for name, value in metrics.items()}
         self._jsonl.write(json.dumps({"step": int(step), "wall_time": wall_time, **values}) + "\n")
+        self._jsonl.flush()  # a line per step, readable while the run goes on
         for name, value in values.items():
             self._tensorboard.add_scalar(name, value, int(step), walltime=wall_time)
 

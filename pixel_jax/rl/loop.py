@@ -188,6 +188,7 @@ def _train(experiment: Experiment, plan: learner.LearnerPlan, model: nnx.Module,
                     rollout.trajectory, first_batch, scores, experiment.tables, group_size=plan.config.group_size,
                     rows=rows, extra={"shaped_reward": rollout.shaped_reward}))
             if step % config.checkpoint.every == 0 or last:
+                writer.flush()  # the metrics a resume from this checkpoint keeps are on disk
                 ranked = {k: v for k, v in metrics.items() if k.startswith("eval/")} or None
                 checkpoints.save(step, state, data_iterator=batches, metrics=ranked, force=last)
         bar.close()

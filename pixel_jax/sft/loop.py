@@ -111,6 +111,7 @@ def _train(experiment: Experiment, plan: train_step.TrainPlan, state: train_step
                 writer.write(step, metrics)
             bar.update(step, {name.removeprefix("eval/"): value for name, value in metrics.items()})
             if step % config.checkpoint.every == 0 or last:
+                writer.flush()  # the metrics a resume from this checkpoint keeps are on disk
                 ranked = {k: v for k, v in metrics.items() if k.startswith("eval/")} or None
                 checkpoints.save(step, state, metrics=ranked, force=last)
         bar.close()
