@@ -90,6 +90,9 @@ def _describe_calls(record: Mapping[str, np.ndarray], call_frames: np.ndarray | 
     lines, image = [], 1
     for call, region in enumerate(regions):
         error = ToolError(int(record["call_errors"][call]))
+        if error == ToolError.MALFORMED_CALL:  # nothing was parsed: no arguments to show
+            lines.append(f"{tables.tool.name.lower()}(?) → failed: {error.name}")
+            continue
         if tables.tool == ToolId.SELECT_FRAMES:
             asked = [int(f) for f in call_frames[call] if f > 0]
             request, shown = f"select_frames({asked})", len(asked)

@@ -110,3 +110,9 @@ def test_select_frames_calls_list_their_frames():
     assert shown.boxes == (None,) and len(shown.shown) == 2
     with pytest.raises(ValueError, match="no zoom regions"):
         gallery.zoom_regions(frames, 0, tables(ToolId.SELECT_FRAMES), (400, 300), VIEW_WH)
+
+
+def test_a_malformed_call_shows_no_arguments():
+    errors = np.array([[ToolError.MALFORMED_CALL, ToolError.OK, ToolError.OK]])
+    calls = entry(n_calls=np.array([1]), call_errors=errors).calls
+    assert calls == ("crop_image(?) → failed: MALFORMED_CALL",)
