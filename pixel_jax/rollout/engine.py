@@ -157,6 +157,16 @@ def _ends_with(tokens: jax.Array, cursor: jax.Array, sequence: tuple[int, ...]) 
     return jnp.all(jnp.take_along_axis(tokens, idx, axis=1) == jnp.asarray(sequence)[None], axis=1)
 
 
+def _rows_sharded(trajectory: Trajectory) -> Trajectory:
+    """The trajectory with every array's rows on the batch mesh axes (positions [3, B, S]: axis 1),
+    so that no device holds all rows of the outputs (the crops alone are large); identity without
+    a mesh."""
+    def rows(x: jax.Array, row_axis: int = 0) -> jax.Array:
+        return sharding.constrain(x, tuple("activation_batch" if d == row_axis else None for d in range(x.ndim)))
+
+    return jax.tree.map(rows, trajectory.replace(positions=None)).replace(positions=rows(trajectory.positions, 1))
+
+
 class Engine:
     """Compiles and runs rollouts of one model graph under one `RolloutSpec`."""
 
@@ -226,7 +236,8 @@ class Engine:
             state = decode_until_inject(state)
         else:
             state = jax.lax.while_loop(lambda s: jnp.any(s.phase != Phase.DONE), round_, state)
-        return Trajectory.from_state(state, prompt_len=batch["input_ids"].shape[1])
+        trajectory = Trajectory.from_state(state, prompt_len=batch["input_ids"].shape[1])
+        return _rows_sharded(trajectory)
 
     def _keeps_decoding(self, state: RolloutState) -> jax.Array:
         """Another decode step: some row is generating and no pending call has waited L steps."""

@@ -42,3 +42,8 @@ def test_sharded_rollout_equals_single_device(setup):  # noqa: F811
     np.testing.assert_array_equal(np.asarray(out.n_calls), np.asarray(single.n_calls))
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(single.logprobs), atol=1e-5)
     assert int(single.n_calls[0]) == 1 and int(single.n_crops[0]) == 1  # the inject step ran on the mesh
+    # every output's rows are split over the batch axes (data × fsdp = 4 row shards): no device holds
+    # all the crops
+    for name in ("tokens", "loss_mask", "logprobs", "crops", "call_boxes", "finish"):
+        assert getattr(out, name).sharding.shard_shape(getattr(out, name).shape)[0] == 1, name
+    assert out.positions.sharding.shard_shape(out.positions.shape)[1] == 1
