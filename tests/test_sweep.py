@@ -30,13 +30,16 @@ def test_curiosity_ablation_expands_to_off_fixed_and_adaptive_runs():
     assert len(by_name) == len(runs)
     assert by_name["curiosity_ablation/off_seed0"] == {
         "run_name": "curiosity_ablation/off_seed0", "seed": "0", "sft.run_name": "curiosity_ablation/sft_seed0",
+        "sft.workdir": "runs/curiosity_ablation/sft_seed0",
         "rl.alpha": "0.0", "rl.beta": "0.0"}
     assert by_name["curiosity_ablation/fixed_H0.1_seed2"] == {
         "run_name": "curiosity_ablation/fixed_H0.1_seed2", "seed": "2",
-        "sft.run_name": "curiosity_ablation/sft_seed2", "rl.H": "0.1"}
+        "sft.run_name": "curiosity_ablation/sft_seed2",
+        "sft.workdir": "runs/curiosity_ablation/sft_seed2", "rl.H": "0.1"}
     assert by_name["curiosity_ablation/adaptive_H0.5_seed1"] == {
         "run_name": "curiosity_ablation/adaptive_H0.5_seed1", "seed": "1",
-        "sft.run_name": "curiosity_ablation/sft_seed1", "rl.H": "0.5", "rl.eta_alpha": "0.05", "rl.eta_beta": "0.005"}
+        "sft.run_name": "curiosity_ablation/sft_seed1",
+        "sft.workdir": "runs/curiosity_ablation/sft_seed1", "rl.H": "0.5", "rl.eta_alpha": "0.05", "rl.eta_beta": "0.005"}
     grid = {(name.split("/")[1].split("_H")[0], flags["rl.H"], flags["seed"])
             for name, flags in by_name.items() if "rl.H" in flags}
     assert grid == {(v, h, s) for v in ("fixed", "adaptive") for h in ("0.1", "0.3", "0.5") for s in "012"}

@@ -45,7 +45,8 @@ def get_sweep() -> list[dict]:
     """One dict of `--config.<key>=<value>` overrides per run."""
     runs = []
     for seed in SEEDS:
-        shared = {"seed": seed, "sft.run_name": f"{NAME}/sft_seed{seed}"}
+        warm_start = f"{NAME}/sft_seed{seed}"
+        shared = {"seed": seed, "sft.run_name": warm_start, "sft.workdir": f"runs/{warm_start}"}
         runs.append({"run_name": f"{NAME}/off_seed{seed}", **shared, "rl.alpha": 0.0, "rl.beta": 0.0})
         for variant, overrides in VARIANTS.items():
             for target in TARGET_RAPR:
