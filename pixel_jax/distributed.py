@@ -18,6 +18,7 @@ from typing import Mapping
 import jax
 
 MODES = ("auto", "on", "off")
+QUIET_LIBRARIES = ("absl", "jax", "orbax")  # loggers kept to warnings by configure_logging
 
 
 def should_initialize(mode: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -64,9 +65,12 @@ def is_main_process() -> bool:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Process 0 logs pixel_jax's messages at `level`, every other process only errors: one copy of
-    each message per run. Libraries (orbax, absl, jax) log warnings and errors only."""
+    """Process 0 logs at `level`, every other process only errors: one copy of each message per run.
+    The libraries' own chatter (orbax through absl, jax) is kept to warnings."""
+    for library in QUIET_LIBRARIES:  # first: the process index below starts the backends, which log
+        logging.getLogger(library).setLevel(logging.WARNING)
+    main = is_main_process()
     logging.basicConfig(format=f"%(asctime)s [process {jax.process_index()}] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(logging.WARNING if is_main_process() else logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.WARNING if is_main_process() else logging.ERROR)
-    logging.getLogger("pixel_jax").setLevel(level if is_main_process() else logging.ERROR)
+    logging.getLogger().setLevel(level if main else logging.ERROR)
+    for library in QUIET_LIBRARIES if not main else ():
+        logging.getLogger(library).setLevel(logging.ERROR)
