@@ -31,7 +31,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from pixel_jax import checkpoint, config_validation, gallery
+from pixel_jax import checkpoint, config_validation, distributed, gallery
 from pixel_jax.data.pipeline import Batch
 from pixel_jax.eval.benchmarks import Evaluator
 from pixel_jax.experiment import Experiment
@@ -182,7 +182,7 @@ def _train(experiment: Experiment, plan: learner.LearnerPlan, model: nnx.Module,
             if step % config.logging.log_every == 0 or last or "eval/accuracy" in metrics:
                 writer.write(step, metrics)
             bar.update(step, metrics)
-            if step % config.logging.gallery_every == 0 or last:
+            if (step % config.logging.gallery_every == 0 or last) and distributed.is_main_process():
                 rows = range(min(config.logging.gallery_rows, len(rollout.task_reward)))
                 gallery.write_gallery(workdir / gallery.GALLERY_DIR, step, gallery.batch_entries(
                     rollout.trajectory, first_batch, scores, experiment.tables, group_size=plan.config.group_size,
