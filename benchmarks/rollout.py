@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import torch
-from threads import xla_kernel_threads
+from threads import add_thread_flags, xla_kernel_threads
 from timing import best_of_interleaved
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers import Qwen2_5_VLConfig as HFConfig
@@ -351,10 +351,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--crop", type=size_arg, default=(224, 224), help="WxH of the crop grid")
     parser.add_argument("--free-tokens", type=int, default=16, help="greedy tokens after the forced call")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads of transformers (see the module docstring)")
-    parser.add_argument("--xla-threads", type=int, default=1,
-                        help="1: XLA's CPU dot kernels on one thread, else on all cores (see the module docstring)")
+    add_thread_flags(parser)
     args = parser.parse_args()
     for name in ("prompts", "group", "repeats", "torch_threads", "xla_threads"):
         if getattr(args, name) < 1:

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 import torch
-from threads import xla_kernel_threads
+from threads import add_thread_flags, xla_kernel_threads
 from timing import best_of_interleaved
 from transformers import Qwen2_5_VLConfig as HFConfig
 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -49,10 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads of transformers (see the module docstring)")
-    parser.add_argument("--xla-threads", type=int, default=1,
-                        help="1: XLA's CPU dot kernels on one thread, else on all cores (see the module docstring)")
+    add_thread_flags(parser)
     args = parser.parse_args()
     for name in ("batch", "prompt_len", "new_tokens", "repeats", "torch_threads", "xla_threads"):
         if getattr(args, name) < 1:

@@ -1,8 +1,17 @@
 """CPU thread settings shared by the benchmark scripts."""
 
+import argparse
 import os
 
 SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def add_thread_flags(parser: argparse.ArgumentParser) -> None:
+    """--torch-threads and --xla-threads, one thread each by default (see `xla_kernel_threads`)."""
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="intra-op threads of transformers (see the module docstring)")
+    parser.add_argument("--xla-threads", type=int, default=1,
+                        help="1: XLA's CPU dot kernels on one thread, else on all cores (see the module docstring)")
 
 
 def xla_kernel_threads(threads: int) -> str:

@@ -22,7 +22,7 @@ Batch fields (global arrays, see `sharding.global_batch`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import flax
 import jax
@@ -92,6 +92,46 @@ def adamw(
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     adam = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
     return adam if max_grad_norm is None else optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
+
+
+class ScheduleFields(Protocol):
+    """The optimizer fields an SFT or GRPO config shares (`sft.trainer.SFTConfig`, `rl.learner.LearnerConfig`)."""
+
+    learning_rate: float  # peak
+    warmup_steps: int
+    total_steps: int
+    end_learning_rate: float
+    weight_decay: float
+    b1: float
+    b2: float
+    adam_eps: float
+    max_grad_norm: float | None
+
+
+def optimizer_problems(config: ScheduleFields) -> list[str]:
+    """What is wrong with `config`'s optimizer fields, one message each (empty: nothing)."""
+    problems = [f"{name}={getattr(config, name)} must be >= 0" for name in ("warmup_steps", "weight_decay")
+                if getattr(config, name) < 0]
+    if config.learning_rate <= 0:
+        problems.append(f"learning_rate={config.learning_rate} must be > 0")
+    if config.total_steps <= config.warmup_steps:
+        problems.append(f"total_steps={config.total_steps} must exceed warmup_steps={config.warmup_steps}")
+    if config.max_grad_norm is not None and config.max_grad_norm <= 0:
+        problems.append(f"max_grad_norm={config.max_grad_norm} must be > 0 (or None: no clipping)")
+    return problems
+
+
+def learning_rate_schedule(config: ScheduleFields) -> optax.Schedule:
+    """Linear warm-up 0 → learning_rate over `warmup_steps` updates, then cosine to
+    `end_learning_rate` at `total_steps`; indexed by optimizer updates applied."""
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                              config.total_steps, config.end_learning_rate)
+
+
+def make_optimizer(config: ScheduleFields) -> optax.GradientTransformation:
+    """Clip by global norm → AdamW (decay on matrices) with `learning_rate_schedule`."""
+    return adamw(learning_rate_schedule(config), weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
+                 eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
 
 
 # -------------------------------------------------------------------------- state

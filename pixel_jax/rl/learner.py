@@ -101,15 +101,10 @@ class LearnerConfig:
         for name in ("policy_iterations", "micro_batches"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("kl_coef", "entropy_coef", "ref_sync_every", "warmup_steps", "weight_decay"):
+        for name in ("kl_coef", "entropy_coef", "ref_sync_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate={self.learning_rate} must be > 0")
-        if self.total_steps <= self.warmup_steps:
-            problems.append(f"total_steps={self.total_steps} must exceed warmup_steps={self.warmup_steps}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            problems.append(f"max_grad_norm={self.max_grad_norm} must be > 0 (or None: no clipping)")
+        problems += train_step.optimizer_problems(self)
         if self.aggregation not in _AGGREGATION_WEIGHTS:
             problems.append(f"aggregation={self.aggregation!r} is not one of {sorted(_AGGREGATION_WEIGHTS)}")
         for name, registry in (("advantage_estimator", grpo.ADVANTAGE_ESTIMATORS),
@@ -128,19 +123,6 @@ class LearnerConfig:
                     problems.append(f"frozen pattern {pattern!r} is not a valid regex ({e})")
         if problems:
             raise ValueError("Invalid LearnerConfig: " + "; ".join(problems))
-
-
-# ----------------------------------------------------------------------- optimizer
-def learning_rate_schedule(config: LearnerConfig) -> optax.Schedule:
-    """Linear warm-up 0 → lr over `warmup_steps` updates, then cosine to `end_learning_rate` at
-    `total_steps`; indexed by optimizer updates applied (skipped ones do not count)."""
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                              config.total_steps, config.end_learning_rate)
-
-
-def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
-    return train_step.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay, b1=config.b1,
-                            b2=config.b2, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
 
 
 # ---------------------------------------------------------------------- parameters
@@ -209,7 +191,7 @@ def plan_learner(create_model: Callable[[], nnx.Module], config: LearnerConfig, 
                  rules: sharding.Rules) -> LearnerPlan:
     """Shardings of the learner state and of the frozen parameters, without allocating either."""
     graphdef, abstract_frozen, abstract_params = partition_params(nnx.eval_shape(create_model), config.frozen)
-    optimizer = make_optimizer(config)
+    optimizer = train_step.make_optimizer(config)
     param_shardings = sharding.state_shardings(abstract_params, mesh, rules)
     scalar = sharding.replicated(mesh)
     state_shardings = LearnerState(
@@ -361,7 +343,7 @@ def _reference_logprobs(plan: LearnerPlan, ref_params, frozen, micro: RolloutBat
 def _policy_iteration(plan: LearnerPlan, frozen, micro: RolloutBatch, advantages, ref_logprobs):
     """The scan body of one policy iteration: one optimizer update on the batch gradient, or, when
     the loss or a gradient is not finite, no change but the skip count."""
-    schedule = learning_rate_schedule(plan.config)
+    schedule = train_step.learning_rate_schedule(plan.config)
 
     def iteration(carry, _):
         params, opt_state, updates, skipped = carry

@@ -30,7 +30,6 @@ from typing import Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -55,17 +54,7 @@ class SFTConfig:
     aggregation: str = "token-mean"  # a name of rl.grpo.LOSS_AGGREGATIONS
 
     def __post_init__(self):
-        problems = []
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate={self.learning_rate} must be > 0")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
-            problems.append(f"warmup_steps={self.warmup_steps} and weight_decay="
-                            f"{self.weight_decay} must be >= 0")
-        if self.total_steps <= self.warmup_steps:
-            problems.append(f"total_steps={self.total_steps} must exceed "
-                            f"warmup_steps={self.warmup_steps}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            problems.append(f"max_grad_norm={self.max_grad_norm} must be > 0 (or None)")
+        problems = train_step.optimizer_problems(self)
         if self.aggregation not in grpo.LOSS_AGGREGATIONS:
             problems.append(f"aggregation={self.aggregation!r} is not one of "
                             f"{grpo.LOSS_AGGREGATIONS.names()}")
@@ -80,19 +69,6 @@ class SFTBatch:
     trajectory: Trajectory
     prompt_pixel_values: jax.Array  # [B, P0, patch_dim]
     prompt_grid_thw: jax.Array  # [B, 3]
-
-
-def learning_rate_schedule(config: SFTConfig) -> optax.Schedule:
-    """Linear warm-up 0 → learning_rate, then cosine to end_learning_rate at total_steps."""
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                              config.total_steps, config.end_learning_rate)
-
-
-def make_optimizer(config: SFTConfig) -> optax.GradientTransformation:
-    """Clip by global norm → AdamW (decay on matrices) with `learning_rate_schedule`."""
-    return train_step.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay,
-                            b1=config.b1, b2=config.b2, eps=config.adam_eps,
-                            max_grad_norm=config.max_grad_norm)
 
 
 def sft_loss(model: nnx.Module, batch: SFTBatch,
@@ -110,7 +86,7 @@ def sft_loss(model: nnx.Module, batch: SFTBatch,
 def plan_sft(create_model: Callable[[], nnx.Module], config: SFTConfig, mesh: Mesh,
              rules: sharding.Rules) -> train_step.TrainPlan:
     """Parameter and optimizer shardings of an SFT run (nothing allocated)."""
-    return train_step.plan_training(create_model, make_optimizer(config), mesh, rules)
+    return train_step.plan_training(create_model, train_step.make_optimizer(config), mesh, rules)
 
 
 # ------------------------------------------------------------------------------ the step
@@ -145,7 +121,7 @@ class SFTStep:
 
     def __init__(self, plan: train_step.TrainPlan, config: SFTConfig):
         self.plan, self.config = plan, config
-        self._schedule = learning_rate_schedule(config)
+        self._schedule = train_step.learning_rate_schedule(config)
         self._steps: dict = {}
 
     def __call__(self, state: train_step.TrainState, batch: SFTBatch):

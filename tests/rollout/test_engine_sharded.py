@@ -14,7 +14,6 @@ from test_engine import GOOD_CALL, make_batch  # noqa: E402
 from test_engine import setup  # noqa: E402,F401  (module fixture)
 
 from pixel_jax import sharding  # noqa: E402
-from pixel_jax.models import qwen2_5_vl as qvl  # noqa: E402
 from pixel_jax.rollout import engine as engine_lib  # noqa: E402
 from pixel_jax.rollout import sampling  # noqa: E402
 
