@@ -34,7 +34,7 @@ from pixel_jax.processing.tokenizer import Tokenizer, load_tokenizer
 from pixel_jax.rollout import engine as engine_lib
 from pixel_jax.rollout import inputs as rollout_inputs_lib
 from pixel_jax.rollout.tool_step import ToolTables
-from pixel_jax.rollout.trajectory import Trajectory
+from pixel_jax.rollout.trajectory import Trajectory, row_axes
 from pixel_jax.tools.protocols import PROTOCOLS, ToolProtocol
 
 _ENGINES: dict[tuple, engine_lib.Engine] = {}  # see Experiment.engine
@@ -134,10 +134,10 @@ class Experiment:
         return jax.make_array_from_callback(value.shape, self.row_sharding(value.shape, row_axis),
                                             lambda index: value[index])
 
-    def place_trajectory(self, trajectory: Trajectory) -> Trajectory:
-        """A host trajectory placed like `place_rows` (positions [3, B, S] hold rows on axis 1)."""
-        positions = self.place_rows(trajectory.positions, row_axis=1)
-        return jax.tree.map(self.place_rows, trajectory.replace(positions=None)).replace(positions=positions)
+    def place_batch(self, tree):
+        """Every array of `tree` (host arrays and Trajectories) placed like `place_rows`, each on its
+        row axis (`trajectory.row_axes`)."""
+        return jax.tree.map(self.place_rows, tree, row_axes(tree))
 
     @staticmethod
     def host_trajectory(trajectory: Trajectory) -> Trajectory:

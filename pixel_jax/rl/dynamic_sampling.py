@@ -17,7 +17,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from pixel_jax.rollout.trajectory import Trajectory
+from pixel_jax.rollout.trajectory import Trajectory, row_axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +41,14 @@ class Rollout:
         return self.valid & (np.ptp(groups, axis=1) > tolerance)
 
 
-def _rows(tree, rows: np.ndarray):
-    """The rows `rows` of every leaf (positions: axis 1)."""
-    positions = tree.positions[:, rows]
-    return _take(tree.replace(positions=None), rows).replace(positions=positions)
+def _rows(trajectory: Trajectory, rows: np.ndarray) -> Trajectory:
+    """The rows `rows` of every array of `trajectory`."""
+    return jax.tree.map(lambda x, axis: np.take(np.asarray(x), rows, axis=axis), trajectory, row_axes(trajectory))
 
 
-def _take(tree, rows: np.ndarray):
-    return jax.tree.map(lambda x: np.asarray(x)[rows], tree)
-
-
-def _concatenate(parts: Sequence):
-    positions = np.concatenate([part.positions for part in parts], axis=1)
-    joined = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *[part.replace(positions=None) for part in parts])
-    return joined.replace(positions=positions)
+def _concatenate(parts: Sequence[Trajectory]) -> Trajectory:
+    """The rows of `parts`, one after the other."""
+    return jax.tree.map(lambda axis, *xs: np.concatenate(xs, axis=axis), row_axes(parts[0]), *parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 
 from pixel_jax import sharding, train_step
 from pixel_jax.rl import curiosity, grpo
-from pixel_jax.rollout.trajectory import Trajectory, token_logprobs, token_logprobs_and_entropy
+from pixel_jax.rollout.trajectory import Trajectory, row_axes, token_logprobs, token_logprobs_and_entropy
 
 # What each loss aggregation averages over, counted per micro-batch from its loss mask [M, b, S]:
 # Σ_m w_m·L_m / Σ_m w_m is then exactly the aggregated loss of the whole batch.
@@ -227,12 +227,6 @@ def init_learner(plan: LearnerPlan, model: nnx.Module, *, seed: int = 0) -> tupl
 
 
 # ------------------------------------------------------------------------- batches
-def _row_axes(batch: RolloutBatch) -> RolloutBatch:
-    """The axis that indexes rows in every leaf of `batch` (0, but 1 for positions [3, B, S])."""
-    axes = jax.tree.map(lambda _: 0, batch)
-    return axes.replace(trajectory=axes.trajectory.replace(positions=1))
-
-
 def shard_batch(plan: LearnerPlan, batch: RolloutBatch) -> RolloutBatch:
     """`batch` placed with its rows split over the batch mesh axes (rule "activation_batch")."""
 
@@ -240,7 +234,7 @@ def shard_batch(plan: LearnerPlan, batch: RolloutBatch) -> RolloutBatch:
         axes = tuple("activation_batch" if d == row_axis else None for d in range(x.ndim))
         return jax.device_put(x, sharding.logical_sharding(axes, plan.mesh, plan.rules, x.shape))
 
-    return jax.tree.map(place, batch, _row_axes(batch))
+    return jax.tree.map(place, batch, row_axes(batch))
 
 
 def _split_rows(x: jax.Array, micro_batches: int, row_axis: int) -> jax.Array:
@@ -387,7 +381,7 @@ def make_update_step(plan: LearnerPlan) -> Callable[[LearnerState, nnx.State, Ro
                                                epsilon=config.advantage_epsilon,
                                                whiten=config.whiten_advantages)  # [B] A_i
             micro = jax.tree.map(lambda x, axis: _split_rows(x, config.micro_batches, axis), batch,
-                                 _row_axes(batch))  # leaves [M, ..., b, ...]
+                                 row_axes(batch))  # leaves [M, ..., b, ...]
             ref_params = _synced_reference(state, config) if config.kl_coef > 0 else None
             ref_logprobs = None if ref_params is None else _reference_logprobs(plan, ref_params, frozen, micro)
             iteration = _policy_iteration(plan, frozen, micro, _split_rows(advantages, config.micro_batches, 0),

@@ -81,10 +81,9 @@ class Collector:
         assembled = dynamic_sampling.assemble(rollouts, config.data.pipeline.batch_size)
         metrics = _rollout_metrics(rollouts, [s for _, s in scored])
         metrics["rollout/informative_groups"] = assembled.informative_groups / config.data.pipeline.batch_size
-        place = self.experiment.place_rows
-        batch = learner.RolloutBatch(
-            trajectory=self.experiment.place_trajectory(assembled.trajectory), task_reward=place(assembled.task_reward),
-            prompt_pixel_values=place(assembled.prompt_pixel_values), prompt_grid_thw=place(assembled.prompt_grid_thw))
+        batch = self.experiment.place_batch(learner.RolloutBatch(
+            trajectory=assembled.trajectory, task_reward=assembled.task_reward,
+            prompt_pixel_values=assembled.prompt_pixel_values, prompt_grid_thw=assembled.prompt_grid_thw))
         return state, batch, metrics, (rollouts[0], *scored[0])
 
     def _rollout(self, state: learner.LearnerState, policy: nnx.Module, batch: Batch, key: jax.Array):

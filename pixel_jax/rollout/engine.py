@@ -40,7 +40,7 @@ from pixel_jax.models.qwen2_5_vl.text import empty_cache
 from pixel_jax.processing import image as image_processing
 from pixel_jax.rollout import chunks, sampling
 from pixel_jax.rollout.tool_step import ToolTables, execute_crop, execute_frames
-from pixel_jax.rollout.trajectory import Trajectory
+from pixel_jax.rollout.trajectory import Trajectory, row_axes
 from pixel_jax.tools.errors import ToolError
 from pixel_jax.tools.protocols import ToolId
 
@@ -158,13 +158,12 @@ def _ends_with(tokens: jax.Array, cursor: jax.Array, sequence: tuple[int, ...]) 
 
 
 def _rows_sharded(trajectory: Trajectory) -> Trajectory:
-    """The trajectory with every array's rows on the batch mesh axes (positions [3, B, S]: axis 1),
-    so that no device holds all rows of the outputs (the crops alone are large); identity without
-    a mesh."""
-    def rows(x: jax.Array, row_axis: int = 0) -> jax.Array:
+    """The trajectory with every array's rows on the batch mesh axes, so that no device holds all
+    rows of the outputs (the crops alone are large); identity without a mesh."""
+    def rows(x: jax.Array, row_axis: int) -> jax.Array:
         return sharding.constrain(x, tuple("activation_batch" if d == row_axis else None for d in range(x.ndim)))
 
-    return jax.tree.map(rows, trajectory.replace(positions=None)).replace(positions=rows(trajectory.positions, 1))
+    return jax.tree.map(rows, trajectory, row_axes(trajectory))
 
 
 class Engine:

@@ -56,6 +56,15 @@ class Trajectory:
         return (self.n_calls > 0) & failed
 
 
+def row_axes(tree):
+    """The axis that indexes rows in every array of `tree` (a Trajectory, or any pytree of batch
+    arrays holding Trajectories): 1 for a Trajectory's positions [3, B, S], 0 everywhere else."""
+    def axes(node):
+        return jax.tree.map(lambda _: 0, node).replace(positions=1) if isinstance(node, Trajectory) else 0
+
+    return jax.tree.map(axes, tree, is_leaf=lambda node: isinstance(node, Trajectory))
+
+
 def previous_valid_slot(slot_valid: jax.Array) -> jax.Array:
     """[B, S] -> [B, S]: for each slot, the latest valid slot strictly before it (0 if none)."""
     index = jnp.where(slot_valid, jnp.arange(slot_valid.shape[1])[None], 0)

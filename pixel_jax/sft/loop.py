@@ -96,10 +96,7 @@ def _train(experiment: Experiment, plan: train_step.TrainPlan, state: train_step
         for step in range(start + 1, config.total_steps + 1):
             epoch, position = divmod(step - 1, len(store))
             stored = store.read(int(store.epoch_order(epoch, config.seed)[position]))
-            state, metrics = update(state, stored.replace(
-                trajectory=experiment.place_trajectory(stored.trajectory),
-                prompt_pixel_values=experiment.place_rows(stored.prompt_pixel_values),
-                prompt_grid_thw=experiment.place_rows(stored.prompt_grid_thw)))
+            state, metrics = update(state, experiment.place_batch(stored))
             metrics = {f"train/{name}": value for name, value in jax.device_get(metrics).items()}
             last = step == config.total_steps
             if step % config.eval.every == 0 or last:
