@@ -1,9 +1,9 @@
 """The multi-turn rollout as ONE compiled program: sample, call tools, see the crops, go on.
 
-Every row of the batch owns S cache slots. Slots [0, P) hold its left-padded prompt; after it,
-every sampled token takes the next slot, and a tool call's result (template text + the crop's
-image tokens) takes a fixed chunk of L slots — shorter results leave holes that `slot_valid`
-keeps closed. Each slot's token, 3-D M-RoPE position, validity, "sampled" bit, log-probability
+Every row of the batch sees S cache slots. Slots [0, P) hold its left-padded prompt, stored once
+for the G rows sampled from it (`text.LayerCache`); after it, every sampled token takes the next
+slot, and a tool call's result (template text + the crop's image tokens) takes a fixed chunk of
+L slots — shorter results leave holes that `slot_valid` keeps closed. Each slot's token, 3-D M-RoPE position, validity, "sampled" bit, log-probability
 and temperature are stored, so the learner replays exactly what the sampler saw.
 
 Two steps, in nested `lax.while_loop`s:
@@ -34,9 +34,10 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from pixel_jax import sharding
-from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, causal_padding_mask
+from pixel_jax.models import layers
+from pixel_jax.models.qwen2_5_vl import text
+from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 from pixel_jax.models.qwen2_5_vl.rope_index import get_rope_index
-from pixel_jax.models.qwen2_5_vl.text import empty_cache
 from pixel_jax.processing import image as image_processing
 from pixel_jax.rollout import chunks, sampling
 from pixel_jax.rollout.tool_step import ToolTables, execute_crop, execute_frames
@@ -77,7 +78,7 @@ class RolloutSpec:
 
 @struct.dataclass
 class RolloutState:
-    cache: list  # per layer k [B, K, S, H], v [B, K, H, S] (`text.empty_cache`)
+    cache: text.KVCache  # per layer the prompts' keys/values (one per group) and each row's own
     tokens: jax.Array  # [B, S] int32
     positions: jax.Array  # [3, B, S] int32
     slot_valid: jax.Array  # [B, S] bool
@@ -133,12 +134,13 @@ def _check_one_image_per_row(batch: dict) -> None:
 
 
 def _repeat_state(state: "RolloutState", group_size: int) -> "RolloutState":
-    """Every row repeated group_size times, contiguously (positions carry rows on axis 1)."""
+    """Every row repeated group_size times, contiguously (positions carry rows on axis 1); the
+    cache keeps one copy of each prompt for its group."""
     repeat = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
     return state.replace(
         **{f: repeat(getattr(state, f)) for f in _ROW_FIELDS},
         positions=repeat(state.positions, axis=1),
-        cache=jax.tree.map(repeat, state.cache),
+        cache=text.repeat_rows(state.cache, group_size),
     )
 
 
@@ -209,7 +211,7 @@ class Engine:
     def _rollout_in_context(self, params, batch, rng, group_size: int) -> Trajectory:
         model = nnx.merge(self.graphdef, params)
         state, logits = self._prefill(model, batch, rng)
-        if group_size > 1:  # the prompt is prefilled once; its G samples share the cache (copies)
+        if group_size > 1:  # the prompt is prefilled once; its G samples share its cache slots
             rows = logits.shape[0] * group_size  # entries already given per sample (e.g. forced_tokens) stay
             state, logits = _repeat_state(state, group_size), jnp.repeat(logits, group_size, axis=0)
             batch = {k: v if v.shape[0] == rows else jnp.repeat(v, group_size, axis=0)
@@ -256,10 +258,9 @@ class Engine:
         image_embeds = _encode(model, batch.get("pixel_values"), grid)
         video_embeds = _encode(model, batch.get("pixel_values_videos"), video_grid)
         positions, deltas = get_rope_index(cfg, ids, mask, grid, video_grid, batch.get("second_per_grid_ts"))
-        cache = empty_cache(cfg, b, s)
-        prompt_mask = causal_padding_mask(mask)  # [B, P, P]: the prompt attends to its own P slots only
-        hidden, cache = model.decode(model.embed(ids, image_embeds, video_embeds), positions, prompt_mask, cache,
-                                     jnp.zeros((b,), jnp.int32))
+        hidden, prompt_kv = model.decode(model.embed(ids, image_embeds, video_embeds), positions,
+                                         layers.CausalMask(mask))
+        cache = text.start_cache(prompt_kv, own_slots=s - p)
         logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V] (left padding: the last slot is real)
 
         pad = lambda x, value: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, s - p)], constant_values=value)

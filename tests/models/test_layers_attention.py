@@ -1,5 +1,6 @@
-"""layers.dot_product_attention against a plain softmax(q·kᵀ/√H)·v: values and gradients, under a
-dense mask (rows with no open key included) and under a CausalMask attended in blocks."""
+"""layers.dot_product_attention (values and gradients) and layers.cached_attention against a plain
+softmax(q·kᵀ/√H)·v: under a dense mask (rows with no open key included), under a CausalMask attended
+in blocks, and against a cache whose prompt slots are shared by groups of rows."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ def test_causal_mask_dense_block_is_the_slice_of_the_full_mask():
     full = layers.CausalMask(key_valid).dense(0, 5)
     np.testing.assert_array_equal(layers.CausalMask(key_valid).dense(2, 4), full[:, 2:4, :4])
     np.testing.assert_array_equal(full[0, 4], [False, True, True, False, True])
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_cached_attention_with_group_shared_prompts_matches_the_reference(group_size):
+    """Rows b·G … b·G + G − 1 read prompt b's P slots from one shared copy and their own R slots:
+    the same as each row attending to [its prompt's keys | its own keys] under the same mask."""
+    prompts, p, r, t = 2, 5, 6, 3
+    rows = prompts * group_size
+    keys = jax.random.split(jax.random.key(3), 6)
+    q = jax.random.normal(keys[0], (rows, t, N, H))
+    prompt_k, prompt_v = jax.random.normal(keys[1], (prompts, p, K, H)), jax.random.normal(keys[2], (prompts, p, K, H))
+    own_k, own_v = jax.random.normal(keys[3], (rows, r, K, H)), jax.random.normal(keys[4], (rows, r, K, H))
+    mask = jax.random.bernoulli(keys[5], 0.6, (rows, t, p + r)).at[0, 1].set(False)  # [B, T, P + R]
+    ours = layers.cached_attention(
+        q, prompt_k.transpose(0, 2, 3, 1), prompt_v.transpose(0, 2, 1, 3),  # [B/G, K, H, P], [B/G, K, P, H]
+        own_k.transpose(0, 2, 3, 1), own_v.transpose(0, 2, 1, 3), mask)  # [B, K, H, R], [B, K, R, H]
+    full_k = jnp.concatenate([jnp.repeat(prompt_k, group_size, axis=0), own_k], axis=1)  # [B, P + R, K, H]
+    full_v = jnp.concatenate([jnp.repeat(prompt_v, group_size, axis=0), own_v], axis=1)
+    np.testing.assert_allclose(ours, reference_attention(q, full_k, full_v, mask), rtol=1e-5, atol=1e-5)

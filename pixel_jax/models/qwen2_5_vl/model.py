@@ -14,7 +14,7 @@ from flax import nnx
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from pixel_jax.models.qwen2_5_vl.rope_index import get_rope_index
-from pixel_jax.models.qwen2_5_vl.text import KVCache, TextModel
+from pixel_jax.models.qwen2_5_vl.text import KVCache, PromptKV, TextModel
 from pixel_jax.models.qwen2_5_vl.vision import VisionTransformer
 
 
@@ -80,9 +80,8 @@ class Qwen2_5_VL(nnx.Module):
         mask: jax.Array,
         cache: KVCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
-        """The decoder over embeds [B, T, D] at positions [3, B, T] under mask [B, T, M] (with a
-        cache: its first M slots are attended to)."""
+    ) -> tuple[jax.Array, KVCache | PromptKV]:
+        """The decoder over embeds [B, T, D] at positions [3, B, T] (see `text.TextModel`)."""
         return self.language_model(embeds, positions, mask, cache, write_index)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

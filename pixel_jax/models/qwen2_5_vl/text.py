@@ -4,15 +4,19 @@ Einsum letters: B batch, T query length, S key length (cache slots), N query hea
 K kv heads, H head dim, D model dim, V vocabulary.
 
 The decoder runs in two modes with one code path:
-- no cache: the T tokens attend to each other under `mask` [B, T, T];
-- with a cache (per layer keys [B, K, S, H] and values [B, K, H, S], see `empty_cache`): the
-  chunk's keys/values are written at slots `write_index[b] + arange(T)` of each row, then the
-  chunk attends to the first M ≤ S slots under `mask` [B, T, M] (a prompt prefill: M = T, its
-  own slots only). Positions are explicit, so rows may sit at different offsets and the cache
+- no cache (training, a prompt prefill): the T tokens attend to each other under `mask` [B, T, T]
+  (or a `layers.CausalMask`); each layer also returns the tokens' keys and values, from which
+  `start_cache` builds a rollout's cache;
+- with a cache (`LayerCache` per layer: the prompts' slots 0 … P − 1, shared by groups of G rows,
+  and each row's own slots P … S − 1): the chunk's keys/values are written at slots
+  `write_index[b] + arange(T)` (≥ P) of each row, then the chunk attends to all S slots under
+  `mask` [B, T, S]. Positions are explicit, so rows may sit at different offsets and the cache
   may hold holes (slots that the mask never opens).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +27,34 @@ from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
-KVCache = list[tuple[jax.Array, jax.Array]]  # per layer (k [B, K, S, H], v [B, K, H, S])
 
 # Logical axes of the activations (mapped to mesh axes by `pixel_jax.sharding` rules).
 HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")  # [B, T, D]
 Q_AXES = ("activation_batch", "activation_length", "activation_heads", None)  # [B, T, N, H]
 KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", None)  # [B, S, K, H]
-K_CACHE_AXES = ("activation_batch", "activation_kv_heads", "activation_length", None)  # [B, K, S, H]
-V_CACHE_AXES = ("activation_batch", "activation_kv_heads", None, "activation_length")  # [B, K, H, S]
+K_CACHE_AXES = ("activation_batch", "activation_kv_heads", None, "activation_length")  # [B, K, H, S]
+V_CACHE_AXES = ("activation_batch", "activation_kv_heads", "activation_length", None)  # [B, K, S, H]
+
+
+class LayerCache(NamedTuple):
+    """One decoder layer's keys and values during a rollout of B rows in groups of G: slots
+    0 … P − 1 hold the prompts, stored once per group (prompt b serves rows b·G … b·G + G − 1),
+    slots P … P + R − 1 each row's own tokens. Each array is the [contracted, free] right-hand
+    operand of its product in `layers.cached_attention`, a layout the CPU dot kernels stream in
+    place at every decode step."""
+
+    prompt_keys: jax.Array  # [B/G, K, H, P]
+    prompt_values: jax.Array  # [B/G, K, P, H]
+    keys: jax.Array  # [B, K, H, R]
+    values: jax.Array  # [B, K, R, H]
+
+    @property
+    def prompt_slots(self) -> int:
+        return self.prompt_keys.shape[-1]
+
+
+KVCache = list[LayerCache]
+PromptKV = list[tuple[jax.Array, jax.Array]]  # per layer the T tokens' keys and values [B, T, K, H]
 
 
 def mrope_cos_sin(positions: jax.Array, config: Qwen2_5_VLConfig) -> tuple[jax.Array, jax.Array]:
@@ -50,13 +74,23 @@ def mrope_cos_sin(positions: jax.Array, config: Qwen2_5_VLConfig) -> tuple[jax.A
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def empty_cache(config: Qwen2_5_VLConfig, batch: int, slots: int) -> KVCache:
-    """A zero cache of `slots` slots per row. Keys are kept [B, K, S, H] and values [B, K, H, S]:
-    the operand layouts of the CPU dot kernels (the contracted axis last), so attention reads the
-    cache in place instead of transposing all of it at every decode step."""
-    k, h, dtype = config.num_key_value_heads, config.head_dim, config.compute_dtype
-    return [(jnp.zeros((batch, k, slots, h), dtype), jnp.zeros((batch, k, h, slots), dtype))
-            for _ in range(config.num_hidden_layers)]
+def start_cache(prompt_kv: PromptKV, own_slots: int) -> KVCache:
+    """The cache after a prompt prefill: the prompts' keys and values (`TextModel` without a
+    cache returns them, [B, P, K, H] per layer) and `own_slots` empty slots for each of the B rows
+    (G = 1; `repeat_rows` forms groups)."""
+    def own(k):  # [B, P, K, H] -> zeros [B, K, H, R] and [B, K, R, H]
+        b, _, kv_heads, h = k.shape
+        return jnp.zeros((b, kv_heads, h, own_slots), k.dtype), jnp.zeros((b, kv_heads, own_slots, h), k.dtype)
+
+    return [LayerCache(sharding.constrain(k.transpose(0, 2, 3, 1), K_CACHE_AXES),
+                       sharding.constrain(v.transpose(0, 2, 1, 3), V_CACHE_AXES), *own(k))
+            for k, v in prompt_kv]
+
+
+def repeat_rows(cache: KVCache, group_size: int) -> KVCache:
+    """Every row G times (rows b·G … b·G + G − 1 are copies of row b), the prompts still stored once."""
+    repeat = lambda x: jnp.repeat(x, group_size, axis=0)
+    return [layer._replace(keys=repeat(layer.keys), values=repeat(layer.values)) for layer in cache]
 
 
 def write_to_cache(cache: jax.Array, new: jax.Array, write_index: jax.Array, slot_axis: int) -> jax.Array:
@@ -81,23 +115,22 @@ class Attention(nnx.Module):
                                     bias_shape=(k, h), bias_axes=("kv_heads", "head_dim"), **kw)
         self.o_proj = layers.Einsum("BTNH,NHD->BTD", (n, h, d), ("q_heads", "head_dim", "embed"), **kw)
 
-    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+    def __call__(self, x, cos, sin, mask, kv: LayerCache | None = None, write_index=None):
+        """Without a cache, returns the tokens' keys and values [B, T, K, H] beside the output;
+        with one, the cache with the tokens written at slots write_index + arange(T) (≥ P)."""
         cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
         q = sharding.constrain(layers.apply_rotary(self.q_proj(x), cos, sin), Q_AXES)  # [B, T, N, H]
         k = layers.apply_rotary(self.k_proj(x), cos, sin)  # [B, T, K, H]
         v = self.v_proj(x)  # [B, T, K, H]
         if kv is None:
             k, v = sharding.constrain(k, KV_AXES), sharding.constrain(v, KV_AXES)
-            new_kv = None
-        else:
-            k_cache = sharding.constrain(write_to_cache(kv[0], k, write_index, slot_axis=2), K_CACHE_AXES)
-            v_cache = sharding.constrain(write_to_cache(kv[1], v, write_index, slot_axis=3), V_CACHE_AXES)
-            keys = mask.shape[-1]  # M: the slots attended to
-            k = k_cache[:, :, :keys].transpose(0, 2, 1, 3)  # [B, M, K, H] views
-            v = v_cache[..., :keys].transpose(0, 3, 1, 2)
-            new_kv = (k_cache, v_cache)
-        out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        return self.o_proj(sharding.constrain(out, Q_AXES)), new_kv
+            out = layers.dot_product_attention(q, k, v, mask)
+            return self.o_proj(sharding.constrain(out, Q_AXES)), (k, v)
+        own_index = write_index - kv.prompt_slots
+        kv = kv._replace(keys=sharding.constrain(write_to_cache(kv.keys, k, own_index, slot_axis=3), K_CACHE_AXES),
+                         values=sharding.constrain(write_to_cache(kv.values, v, own_index, slot_axis=2), V_CACHE_AXES))
+        out = layers.cached_attention(q, *(x.astype(q.dtype) for x in kv), mask)
+        return self.o_proj(sharding.constrain(out, Q_AXES)), kv
 
 
 class DecoderLayer(nnx.Module):
@@ -137,9 +170,10 @@ class TextModel(nnx.Module):
         mask: jax.Array,
         cache: KVCache | None = None,
         write_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
-        """embeds [B, T, D], positions [3, B, T], mask [B, T, M] (M = T without a cache, M ≤ S with
-        one) -> hidden [B, T, D], updated cache."""
+    ) -> tuple[jax.Array, KVCache | PromptKV]:
+        """embeds [B, T, D], positions [3, B, T], mask [B, T, T] or `layers.CausalMask` without a
+        cache, [B, T, S] with one -> hidden [B, T, D] and the updated cache (without a cache: each
+        layer's keys and values of the T tokens, for `start_cache`)."""
         if (cache is None) != (write_index is None):
             raise ValueError("cache and write_index must be given together")
         cos, sin = mrope_cos_sin(positions, self.config)
@@ -149,4 +183,4 @@ class TextModel(nnx.Module):
             x, kv = layer(x, cos, sin, mask, None if cache is None else cache[i], write_index)
             x = sharding.constrain(x, HIDDEN_AXES)
             new_cache.append(kv)
-        return self.norm(x), (new_cache if cache is not None else None)
+        return self.norm(x), new_cache
