@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 
 from pixel_jax import sharding, train_step
 from pixel_jax.rl import grpo
-from pixel_jax.rollout.trajectory import Trajectory, token_logprobs
+from pixel_jax.rollout.trajectory import Trajectory, row_axes, token_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +94,16 @@ def plan_sft(create_model: Callable[[], nnx.Module], config: SFTConfig, mesh: Me
 _TRAJECTORY_FIELDS = tuple(f.name for f in dataclasses.fields(Trajectory) if f.name != "prompt_len")
 
 
-def _fields(batch: SFTBatch) -> dict[str, jax.Array]:
-    """The batch as named arrays (the Trajectory's arrays, then the prompt images)."""
-    fields = {name: getattr(batch.trajectory, name) for name in _TRAJECTORY_FIELDS
+def _fields(batch: SFTBatch) -> tuple[dict[str, jax.Array], dict[str, sharding.LogicalAxes]]:
+    """The batch as named arrays (the Trajectory's arrays, then the prompt images) and their
+    logical axes: each array's row axis (`trajectory.row_axes`) is the batch."""
+    row_axis = row_axes(batch.trajectory)
+    arrays = {name: (getattr(batch.trajectory, name), getattr(row_axis, name)) for name in _TRAJECTORY_FIELDS
               if getattr(batch.trajectory, name) is not None}
-    return {**fields, "prompt_pixel_values": batch.prompt_pixel_values,
-            "prompt_grid_thw": batch.prompt_grid_thw}
-
-
-def _field_axes(fields: dict[str, jax.Array]) -> dict[str, sharding.LogicalAxes]:
-    """Logical axes of each field: its row axis (1 for positions [3, B, S], else 0) is the batch."""
-    axes = {}
-    for name, value in fields.items():
-        row_axis = 1 if name == "positions" else 0
-        axes[name] = tuple("activation_batch" if d == row_axis else None for d in range(value.ndim))
-    return axes
+    arrays.update(prompt_pixel_values=(batch.prompt_pixel_values, 0), prompt_grid_thw=(batch.prompt_grid_thw, 0))
+    axes = {name: tuple("activation_batch" if d == row else None for d in range(value.ndim))
+            for name, (value, row) in arrays.items()}
+    return {name: value for name, (value, _) in arrays.items()}, axes
 
 
 class SFTStep:
@@ -125,8 +120,7 @@ class SFTStep:
         self._steps: dict = {}
 
     def __call__(self, state: train_step.TrainState, batch: SFTBatch):
-        fields = _fields(batch)
-        axes = _field_axes(fields)
+        fields, axes = _fields(batch)
         shapes = {name: tuple(value.shape) for name, value in fields.items()}
         key = (batch.trajectory.prompt_len, tuple(sorted(shapes.items())))
         if key not in self._steps:
