@@ -38,6 +38,7 @@ from call_windows import (
 )
 from pixel_jax.tools.errors import ToolError
 from pixel_jax.tools.protocols import PROTOCOLS, CallParser, ToolId
+from pixel_jax.tools.protocols.device_parser import last_open
 from pixel_jax.tools.protocols.chars import (
     OTHER,
     VocabChars,
@@ -289,6 +290,24 @@ def test_parser_runs_on_device_without_transfers():
     with jax.transfer_guard("disallow"):
         parsed = parse(parser, ids, lengths)
     assert parsed.error[0] == ToolError.OK and parsed.numbers[0, :4].tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "text, readable_from, readable_to, marker",
+    [
+        ("ab<t>xy<t>z", 0, 11, "<t>"),  # the last of two
+        ("ab<t>xy<t>z", 0, 9, "<t>"),  # the second ends after readable_to
+        ("ab<t>xy<t>z", 3, 8, "<t>"),  # neither lies inside
+        ("xababab", 0, 7, "abab"),  # overlapping occurrences: the last one
+        ("<tool_call><tool_call>", 1, 22, "<tool_call>"),
+    ],
+)
+def test_last_open_is_rfind_on_the_readable_slice(text, readable_from, readable_to, marker):
+    found, index = jax.jit(last_open, static_argnums=3)(
+        jnp.asarray(char_codes(text)), readable_from, readable_to, marker)
+    position = text[readable_from:readable_to].rfind(marker)
+    expected = readable_from + position + len(marker) if position >= 0 else readable_to
+    assert (bool(found), int(index)) == (position >= 0, expected)
 
 
 def test_build_rejects_bad_sizes():

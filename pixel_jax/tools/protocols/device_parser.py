@@ -1,13 +1,18 @@
-"""Reading a tool call from token ids on device: one `lax.scan` over its characters, no host trip.
+"""Reading a tool call from token ids on device: one loop over its body's characters, no host trip.
 
 The rollout hands the parser a window of a row's tokens that ends with the call-close marker
 (`token_ids [L]`, the first `length` real), e.g. the row's last L tokens. The parser
 1. turns the window into its last `max_chars` characters through the vocabulary tables
    (`chars.window_chars`);
-2. scans them once: a matcher for the call-open marker restarts the protocol's grammar after every
-   occurrence, so the grammar reads exactly the body after the LAST open marker; characters of the
-   final close marker are not read;
-3. finishes the grammar into a fixed-shape `ParsedCall` (tool, numbers, count, target image, error).
+2. finds the LAST call-open marker among them, comparing every position at once (`last_open`);
+3. runs the protocol's grammar over the body only, the characters between that marker and the
+   final close marker, in a `lax.while_loop`;
+4. finishes the grammar into a fixed-shape `ParsedCall` (tool, numbers, count, target image, error).
+
+Step 3 costs what the body costs: a call of ~100 characters takes ~100 grammar steps, not
+`max_chars` (vmapped over rows, the loop runs for the longest body of the batch). Inside the
+compiled rollout a `lax.scan` over all `max_chars` characters cost ~50k tiny kernel launches per
+tool round.
 
 The result equals the protocol's `parse_host` on the decoded text of the same tokens (the property
 test checks this on thousands of random calls), with one documented difference: `max_chars` counts
@@ -56,17 +61,23 @@ class Grammar(Protocol):
         """The call read, once the body has ended."""
 
 
-def _marker_step(marker: tuple[int, ...], matched, char):
-    """Progress of a search for `marker` (a pattern with no proper prefix that is also a suffix,
-    so a mismatch only needs to retry the first character); returns (matched, completed)."""
-    codes = jnp.asarray(marker, jnp.int32)
-    advanced = jnp.where(char == codes[matched], matched + 1, jnp.where(char == codes[0], 1, 0))
-    completed = advanced == len(marker)
-    return jnp.where(completed, 0, advanced), completed
+def last_open(chars: jax.Array, readable_from, readable_to, marker: str):
+    """Where the body after the last `marker` starts: (found bool, index int32 into chars [C]).
 
-
-def _has_border(pattern: str) -> bool:
-    return any(pattern[:size] == pattern[-size:] for size in range(1, len(pattern)))
+    Only occurrences lying entirely in chars[readable_from:readable_to] count, as `str.rfind` on
+    that slice (overlapping occurrences included); `index` is readable_to when there is none.
+    """
+    size = len(marker)
+    starts = jnp.arange(chars.shape[0] - size + 1)  # [C - M + 1] where an occurrence may start
+    matches = jnp.all(
+        jnp.stack([chars[offset : offset + starts.shape[0]] == code
+                   for offset, code in enumerate(char_codes(marker))]),
+        axis=0,
+    )  # [C - M + 1]
+    inside = matches & (starts >= readable_from) & (starts + size <= readable_to)
+    found = jnp.any(inside)
+    last = jnp.max(jnp.where(inside, starts, -1))
+    return found, jnp.where(found, last + size, readable_to).astype(jnp.int32)
 
 
 def _failed(num_slots: int, error) -> ParsedCall:
@@ -92,11 +103,8 @@ class CallParser:
         """Tables for `tok`'s vocabulary; reads the last `max_chars` characters of a window and
         keeps the first `num_slots` numbers of a list argument."""
         markers = (protocol.call_open, protocol.call_close)
-        if not all(marker.isascii() for marker in markers) or _has_border(protocol.call_open):
-            raise ValueError(
-                f"call markers {markers} must be ASCII and the open marker must not start with "
-                "its own suffix"
-            )
+        if not all(marker.isascii() for marker in markers):
+            raise ValueError(f"call markers {markers} must be ASCII")
         if max_chars <= len(protocol.call_open) + len(protocol.call_close):
             raise ValueError(f"max_chars={max_chars} cannot hold the call markers {markers}")
         if num_slots < 1:
@@ -114,24 +122,20 @@ class CallParser:
         """The call that `token_ids[:length]` ([L] int32) ends with."""
         chars, valid, total = window_chars(self.vocab, token_ids, length, self.max_chars)  # [C]
         close_size = len(self.call_close)
-        in_body = valid & (jnp.arange(self.max_chars) < self.max_chars - close_size)  # [C]
+        body_end = self.max_chars - close_size  # the final close marker's characters are not read
         closes = (total >= close_size) & jnp.all(
             chars[-close_size:] == jnp.asarray(char_codes(self.call_close))
         )
-        open_codes = tuple(char_codes(self.call_open))
-        fresh = self.grammar.start()
+        first_char = self.max_chars - jnp.sum(valid)  # the window's text is right-aligned
+        opened, body_start = last_open(chars, first_char, body_end, self.call_open)
 
-        def read(carry, inputs):
-            matched, opened, state = carry
-            char, readable = inputs
-            next_matched, completed = _marker_step(open_codes, matched, char)
-            restart = readable & completed  # the body starts after this character
-            stepped = self.grammar.step(state, char)
-            state = where_tree(restart, fresh, where_tree(readable, stepped, state))
-            return (jnp.where(readable, next_matched, matched), opened | restart, state), None
+        def read(carry):
+            index, state = carry
+            return index + 1, self.grammar.step(state, chars[index])
 
-        start = (jnp.int32(0), jnp.bool_(False), fresh)
-        (_, opened, state), _ = jax.lax.scan(read, start, (chars, in_body))
+        _, state = jax.lax.while_loop(
+            lambda carry: carry[0] < body_end, read, (body_start, self.grammar.start())
+        )
         call = self.grammar.finish(state)
         error = jnp.where(opened & closes, call.error, ToolError.MALFORMED_CALL)
         failed = (error == ToolError.MALFORMED_CALL) | (error == ToolError.UNKNOWN_TOOL)
