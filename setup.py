@@ -38,6 +38,7 @@ setuptools.setup(
             # multi-GB CUDA build. Never torchvision (it breaks the CPU torch build).
             "torch==2.13.0",
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the suite on every core (pytest.ini), one test file per worker
             "hypothesis>=6.100",
             "nbclient>=0.10",
             "nbformat>=5.10",
