@@ -50,6 +50,8 @@ def assert_matches_pil(image, box, out_hw):
         ((150, 100, 160, 120), (40, 24)),  # bottom-right border, tall grid
         ((10, 5, 150, 115), (8, 8)),  # heavy downscale ~15×
         ((-20, 60, 90, 140), (16, 48)),  # partly outside the image, wide grid
+        ((12.5, 8, 140, 100), (15, 21)),  # odd grid: the last block of rows is padded
+        ((30, 20, 90, 80), (1, 3)),  # a single output row
     ],
 )
 def test_crop_matches_pil_bilinear(make_image, box, out_hw):

@@ -17,8 +17,10 @@ Boxes are float32 (x1, y1, x2, y2) with x to the right and y down, in pixel-edge
 wide image spans x ∈ [0, W] (PIL's convention).
 """
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 
 from pixel_jax.processing import image as image_processing
@@ -27,6 +29,7 @@ from pixel_jax.tools.errors import ToolError, first_error
 PIXEL_REASONER_PADDING = 0.1  # added on each side, in units of the target image's W (x) or H (y)
 PIXEL_REASONER_MIN_SIDE = 28  # each side of the padded crop must be larger than this (pixels)
 GROUNDLIGHT_BOX_SIZE = 400  # side of the zoom box (pixels of the image the model saw)
+_HORIZONTAL_PASS_BLOCKS = 2  # trips of `crop_and_resize`'s loop (XLA inlines a one-trip loop)
 
 
 # ---------------------------------------------------------------- box semantics of the two papers
@@ -162,6 +165,7 @@ def fit_box_to_grid(box, image_wh, out_hw: tuple[int, int]):
     return jnp.concatenate([first, last])
 
 
+@functools.partial(jax.jit, static_argnames="out_hw")  # compiled once per shape, even eagerly
 def crop_and_resize(image, box, out_hw: tuple[int, int], image_wh=None):
     """Crop `box` of `image` (grown to the grid's aspect) and resample it to out_hw, on device.
 
@@ -175,34 +179,58 @@ def crop_and_resize(image, box, out_hw: tuple[int, int], image_wh=None):
     float32, without PIL's rounding to uint8 between and after its two passes (mean |Δ| ≈ 0.3/255
     on random uint8 images).
 
-    Formulation, chosen by measuring 2048×1536×3 → 448×448 on 2 CPU cores (`benchmarks/crop.py`):
-    two dense weight matrices [out_h, H] and [out_w, W] cost out_h·H·W·C + out_h·out_w·W·C
-    ≈ 5.4 GMAC, 80–160 ms per crop; gathered taps with a static tap count cost
-    H·out_w·Kx·C + out_h·out_w·Ky·C ≈ 29 M MAC, 6–13 ms per crop whatever the box (one call or
-    vmap over 8 rows), on a par with PIL's 8 ms on random boxes. So: taps, the horizontal pass
-    first over all H rows (the crop's rows are traced; vertical-first measured 1.5× slower), then
-    the vertical pass; unrolled over the K taps so XLA fuses each pass into one loop (a
-    `fori_loop` over taps measured 3× slower, one gather of all K taps 8× slower). Not measured
-    on TPU, where the dense matmul form might win.
+    Formulation, chosen by measuring on 2 CPU cores, alone (`benchmarks/crop.py`) and inside the
+    compiled rollout (`benchmarks/rollout.py`: 16 rows, 896×672 → 224×224, then the patchify):
+    - gathered taps with a static tap count, out_h·W·Ky·C + out_h·out_w·Kx·C ≈ 31 M MAC for
+      2048×1536 → 448×448, not two dense weight matrices (out_h·H·W·C + out_h·out_w·W·C ≈ 5.4 G,
+      80–160 ms per crop); unrolled over the K taps so XLA fuses each pass into one loop (a
+      `fori_loop` over taps measured 3× slower, one gather of all K taps 8×, a block-banded
+      matmul pass 4×);
+    - the vertical pass first, over every column of the image: it gathers whole rows, 1.4× faster
+      than the horizontal pass over every row (22 against 31 ms for the rollout's 16 rows);
+    - the horizontal pass in a `lax.map` over blocks of output rows. That loop is a fusion barrier,
+      the one XLA:CPU keeps (it drops `optimization_barrier` before fusing). Without it XLA fuses
+      the whole resampling into the crop's consumers and recomputes it in each: in the rollout,
+      in the patchify's transpose, which visits every pixel twice (temporal patch) in patch order,
+      and in the uint8 copy kept in the rollout state. The rollout's 16 crops then cost 15–25 ms
+      alone but 170–340 ms with the patchify, and 90 ms of a 0.65 s rollout (240 ms of 1.2 s on a
+      loaded machine); with the loop, 28–32 ms alone, ~36 ms with the patchify and ~37 ms of the
+      rollout. Alone, XLA runs the loop's pass on one thread: a 2048×1536 → 448² crop takes 6 ms
+      with the loop, 10–13 ms without; a vmapped batch of 8 crops to 1036² 36–48 ms per crop
+      with it, 31–40 ms without.
+    Not measured on TPU, where the dense matmul form might win.
     """
     out_h, out_w = out_hw
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"crop_and_resize: out_hw must be positive, got {out_hw}")
     if image.ndim != 3:
         raise ValueError(f"crop_and_resize: image must be [H, W, C], got shape {image.shape}")
-    height, width, _ = image.shape
+    height, width, channels = image.shape
     if image_wh is None:
         image_wh = (width, height)
     x1, y1, x2, y2 = fit_box_to_grid(box, image_wh, out_hw)
-    column, column_weight = _bilinear_taps(x1, x2 - x1, out_w, width)  # [out_w, Kx] each
     row, row_weight = _bilinear_taps(y1, y2 - y1, out_h, height)  # [out_h, Ky] each
-    resized_rows = sum(  # [H, out_w, C]
-        column_weight[None, :, k, None] * image[:, column[:, k], :].astype(jnp.float32)
-        for k in range(column.shape[1])
+    column, column_weight = _bilinear_taps(x1, x2 - x1, out_w, width)  # [out_w, Kx] each
+    block = -(-out_h // _HORIZONTAL_PASS_BLOCKS)  # output rows per trip of the loop
+    resized_columns = sum(  # [out_h, W, C]
+        row_weight[:, k, None, None] * image[row[:, k]].astype(jnp.float32)
+        for k in range(row.shape[1])
     )
-    return sum(  # [out_h, out_w, C]
-        row_weight[:, k, None, None] * resized_rows[row[:, k]] for k in range(row.shape[1])
+    resized_columns = jnp.pad(  # [blocks · block, W, C]
+        resized_columns, ((0, _HORIZONTAL_PASS_BLOCKS * block - out_h), (0, 0), (0, 0))
     )
+
+    def horizontal_pass(index):  # → [block, out_w, C]
+        rows = jax.lax.dynamic_slice_in_dim(resized_columns, index * block, block)  # [block, W, C]
+        return sum(
+            column_weight[None, :, k, None] * rows[:, column[:, k]]
+            for k in range(column.shape[1])
+        )
+
+    resized = jax.lax.map(  # [blocks, block, out_w, C]
+        horizontal_pass, jnp.arange(_HORIZONTAL_PASS_BLOCKS)
+    )
+    return resized.reshape(-1, out_w, channels)[:out_h]
 
 
 def _bilinear_taps(start, size, out_size: int, axis_size: int):
