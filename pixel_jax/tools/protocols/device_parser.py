@@ -10,9 +10,10 @@ The rollout hands the parser a window of a row's tokens that ends with the call-
 4. finishes the grammar into a fixed-shape `ParsedCall` (tool, numbers, count, target image, error).
 
 Step 3 costs what the body costs: a call of ~100 characters takes ~100 grammar steps, not
-`max_chars` (vmapped over rows, the loop runs for the longest body of the batch). Inside the
-compiled rollout a `lax.scan` over all `max_chars` characters cost ~50k tiny kernel launches per
-tool round.
+`max_chars` (vmapped over rows, the loop runs for the longest body of the batch). Each step is
+~220 small kernels on CPU: in `benchmarks/rollout.py` (16 rows, max_chars 768) a `lax.scan` over
+all characters launched 175k of them per rollout, 40–50 ms of a 0.65 s rollout, against 21k for
+the 95 steps of the body loop; `parse_batch` alone takes 0.9 ms instead of 5.9.
 
 The result equals the protocol's `parse_host` on the decoded text of the same tokens (the property
 test checks this on thousands of random calls), with one documented difference: `max_chars` counts
