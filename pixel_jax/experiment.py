@@ -38,7 +38,6 @@ from pixel_jax.rollout.trajectory import Trajectory, row_axes
 from pixel_jax.tools.protocols import PROTOCOLS, ToolProtocol
 
 _ENGINES: dict[tuple, engine_lib.Engine] = {}  # see Experiment.engine
-ROW_AXIS = "activation_batch"  # the logical name of the rows of rollout inputs and outputs
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -125,8 +124,7 @@ class Experiment:
 
     def row_sharding(self, shape: tuple[int, ...], row_axis: int = 0) -> jax.sharding.NamedSharding:
         """The rows (`row_axis`) split over the batch mesh axes that divide them, the rest replicated."""
-        axes = tuple(ROW_AXIS if d == row_axis else None for d in range(len(shape)))
-        return sharding.logical_sharding(axes, self.mesh, self.rules, shape)
+        return sharding.logical_sharding(sharding.rows_on_batch(len(shape), row_axis), self.mesh, self.rules, shape)
 
     def place_rows(self, value: np.ndarray, row_axis: int = 0) -> jax.Array:
         """`value` (the same on every process) as a global array, each device given its rows."""

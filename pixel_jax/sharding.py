@@ -150,6 +150,12 @@ def logical_spec(axes: LogicalAxes, mesh: Mesh, rules: Rules, shape: Sequence[in
     return PartitionSpec(*spec)
 
 
+def rows_on_batch(ndim: int, row_axis: int = 0) -> LogicalAxes:
+    """Logical axes of an array whose rows (dimension `row_axis`) are the batch: "activation_batch"
+    there, replicated elsewhere."""
+    return tuple("activation_batch" if d == row_axis else None for d in range(ndim))
+
+
 def logical_sharding(axes: LogicalAxes, mesh: Mesh, rules: Rules, shape: Sequence[int] | None = None) -> NamedSharding:
     return NamedSharding(mesh, logical_spec(axes, mesh, rules, shape))
 

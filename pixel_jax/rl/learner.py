@@ -231,8 +231,8 @@ def shard_batch(plan: LearnerPlan, batch: RolloutBatch) -> RolloutBatch:
     """`batch` placed with its rows split over the batch mesh axes (rule "activation_batch")."""
 
     def place(x: jax.Array, row_axis: int) -> jax.Array:
-        axes = tuple("activation_batch" if d == row_axis else None for d in range(x.ndim))
-        return jax.device_put(x, sharding.logical_sharding(axes, plan.mesh, plan.rules, x.shape))
+        return jax.device_put(x, sharding.logical_sharding(sharding.rows_on_batch(x.ndim, row_axis), plan.mesh,
+                                                           plan.rules, x.shape))
 
     return jax.tree.map(place, batch, row_axes(batch))
 

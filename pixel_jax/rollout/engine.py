@@ -163,7 +163,7 @@ def _rows_sharded(trajectory: Trajectory) -> Trajectory:
     """The trajectory with every array's rows on the batch mesh axes, so that no device holds all
     rows of the outputs (the crops alone are large); identity without a mesh."""
     def rows(x: jax.Array, row_axis: int) -> jax.Array:
-        return sharding.constrain(x, tuple("activation_batch" if d == row_axis else None for d in range(x.ndim)))
+        return sharding.constrain(x, sharding.rows_on_batch(x.ndim, row_axis))
 
     return jax.tree.map(rows, trajectory, row_axes(trajectory))
 

@@ -101,8 +101,7 @@ def _fields(batch: SFTBatch) -> tuple[dict[str, jax.Array], dict[str, sharding.L
     arrays = {name: (getattr(batch.trajectory, name), getattr(row_axis, name)) for name in _TRAJECTORY_FIELDS
               if getattr(batch.trajectory, name) is not None}
     arrays.update(prompt_pixel_values=(batch.prompt_pixel_values, 0), prompt_grid_thw=(batch.prompt_grid_thw, 0))
-    axes = {name: tuple("activation_batch" if d == row else None for d in range(value.ndim))
-            for name, (value, row) in arrays.items()}
+    axes = {name: sharding.rows_on_batch(value.ndim, row) for name, (value, row) in arrays.items()}
     return {name: value for name, (value, _) in arrays.items()}, axes
 
 
