@@ -81,6 +81,21 @@ class Einsum(nnx.Module):
         return y
 
 
+class HeadsOutProjection(Einsum):
+    """The attention output projection [B, T, N, H] -> [B, T, D] with a per-head kernel [N, H, D],
+    computed as one [B·T, N·H] x [N·H, D] product. Written per head ("BTNH,NHD->BTD"), XLA:CPU
+    copies the kernel into a [H, N, D] layout inside a decode loop, on every step."""
+
+    def __init__(self, kernel_shape: Sequence[int], kernel_axes: Sequence[str | None], *, param_dtype,
+                 rngs: nnx.Rngs):
+        super().__init__("BTF,FD->BTD", kernel_shape, kernel_axes, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, n, h = x.shape
+        kernel = self.kernel[...].astype(x.dtype).reshape(n * h, -1)  # [N·H, D], a free reshape
+        return jnp.einsum(self.equation, x.reshape(b, t, n * h), kernel)
+
+
 class GatedMLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) · up(x)); biases optional (the ViT has them, the decoder not)."""
 

@@ -294,19 +294,18 @@ class Engine:
         later = state.n_calls > 0
         temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
         if spec.first_turn.temperature == spec.later_turns.temperature == 0:  # greedy: no filters (a sort over V)
-            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            logprob = sampling.token_logprob(logits, token, temperature)
+            token = sampling.greedy_tokens(logits)
         else:
             keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
             top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
             top_k = jnp.where(later, spec.later_turns.top_k, spec.first_turn.top_k)
-            token, logprob = sampling.sample(logits, keys, temperature, top_k, top_p,
-                                             max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
+            token, _ = sampling.sample(logits, keys, temperature, top_k, top_p,
+                                       max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
         forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
                                      axis=1)[:, 0]
         forced = jnp.where(state.n_sampled < state.forced.shape[1], forced, -1)
         token = jnp.where(forced >= 0, forced, token)
-        logprob = jnp.where(forced >= 0, sampling.token_logprob(logits, token, temperature), logprob)
+        logprob = sampling.token_logprob(logits, token, temperature)  # of the token written, forced or drawn
         slot = state.cursor + advance + 1
         position = state.next_position
         state = state.replace(

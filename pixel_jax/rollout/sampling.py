@@ -65,8 +65,20 @@ def sample(
         sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, filtered)
     else:
         sampled = jax.random.categorical(key, filtered, axis=-1)
-    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    tokens = jnp.where(greedy, greedy_tokens(logits), sampled).astype(jnp.int32)
     return tokens, token_logprob(logits, tokens, temperature)
+
+
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """argmax over logits [B, V] -> [B] int32 (the first maximum, or the first NaN, as jnp.argmax).
+
+    A maximum then a minimum of the matching indices: two vectorised reductions, where XLA:CPU
+    runs argmax's (value, index) reduction element by element (4x slower at V = 4096).
+    """
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == best) | jnp.isnan(logits)
+    vocab = logits.shape[-1]
+    return jnp.min(jnp.where(hit, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
 
 
 def effective_temperature(temperature: jax.Array) -> jax.Array:

@@ -95,6 +95,17 @@ def test_top_k_and_top_p_restrict_the_support():
     np.testing.assert_allclose(np.bincount(np.asarray(free), minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
 
+def test_greedy_tokens_is_argmax_with_its_tie_and_nan_rules():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(-3, 3, (64, 50)).astype(np.float32)  # many ties: the first maximum wins
+    logits[5, [7, 30]] = np.nan  # the first NaN wins
+    logits[6] = -np.inf
+    logits[7, 49] = np.inf
+    got = np.asarray(jax.jit(sampling.greedy_tokens)(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+    assert got[5] == 7 and got[6] == 0 and got[7] == 49 and got.dtype == np.int32
+
+
 def test_top_k_per_row():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
     rows_k = jnp.where(jnp.arange(4000) < 2000, 1, 0)  # first half top-1, second half unrestricted

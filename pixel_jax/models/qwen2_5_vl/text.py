@@ -113,7 +113,7 @@ class Attention(nnx.Module):
                                     bias_shape=(k, h), bias_axes=("kv_heads", "head_dim"), **kw)
         self.v_proj = layers.Einsum("BTD,DKH->BTKH", (d, k, h), ("embed", "kv_heads", "head_dim"),
                                     bias_shape=(k, h), bias_axes=("kv_heads", "head_dim"), **kw)
-        self.o_proj = layers.Einsum("BTNH,NHD->BTD", (n, h, d), ("q_heads", "head_dim", "embed"), **kw)
+        self.o_proj = layers.HeadsOutProjection((n, h, d), ("q_heads", "head_dim", "embed"), **kw)
 
     def __call__(self, x, cos, sin, mask, kv: LayerCache | None = None, write_index=None):
         """Without a cache, returns the tokens' keys and values [B, T, K, H] beside the output;
