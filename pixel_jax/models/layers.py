@@ -244,6 +244,9 @@ def _grouped_attention_bwd(residuals, d_out):
 _grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
+OWN_BLOCK = 512  # own cache slots per step of `cached_attention`'s loop
+
+
 def cached_attention(
     q: jax.Array,
     prompt_keys: jax.Array,
@@ -251,6 +254,7 @@ def cached_attention(
     keys: jax.Array,
     values: jax.Array,
     mask: jax.Array,
+    own_block: int | None = None,
 ) -> jax.Array:
     """Grouped-query attention against a KV cache whose prompt slots are shared by groups of rows
     (inference only: no gradient is written).
@@ -259,19 +263,23 @@ def cached_attention(
     rows b·G … b·G + G − 1; the rows' own keys [B, K, H, R] and values [B, K, R, H];
     mask [B, T, P + R] over [prompt slots | own slots] -> [B, T, N, H]. Logits and softmax in float32.
 
-    A decode step reads the whole cache, so its cost is the cache's size: the G rows of a group
-    read their prompt once, in one product with G times the queries (group-major [B/G, K, G·Q, ·]);
-    the softmax runs over the two parts without joining them (a shared maximum, summed
-    normalisers), so only [B, K, Q]-sized statistics change layout. Every product reads the cache
-    as its right-hand operand in the [contracted, free] layout ("…QH,…HS", "…QS,…SH") the CPU dot
-    kernels stream without packing it first. Measured at the rollout benchmark's shapes (4 layers,
-    B = 16 rows in 2 groups, P = 529, R = 171, one CPU thread, 3 interleaved runs on a loaded
-    machine): 2.6–3.9 ms of attention per decode step; 5.0–6.9 ms with the parts joined before
-    one softmax; 4.2–7.7 ms reading a whole cache per row.
+    A decode step's cost is the cache it reads, so it reads only what it must:
+    - the G rows of a group read their prompt once, in one product with G times the queries
+      (group-major [B/G, K, G·Q, ·]);
+    - the own slots are read in blocks of `own_block` (default `OWN_BLOCK`), in a loop that stops
+      after the last block any query opens: early in a rollout, most of a long cache is not read.
+    The softmax is accumulated over the parts as in FlashAttention (a running maximum, rescaled
+    normalisers and outputs), so only [B, K, Q]-sized statistics change layout. Every product reads
+    the cache as its right-hand operand in the [contracted, free] layout ("…QH,…HS", "…QS,…SH")
+    the CPU dot kernels stream without packing it first. A query that opens no slot gets the mean
+    of the values of the slots read (all slots, as `dot_product_attention`, when some query opens
+    the last block).
     """
     t, (groups, kv_heads, _, p) = q.shape[1], prompt_keys.shape
     q = _group_queries(q, kv_heads)  # [B, K, Q, H]
     rows, _, queries, h = q.shape
+    own_slots = keys.shape[-1]
+    block = min(own_block or OWN_BLOCK, own_slots)
 
     def to_groups(x):  # [B, K', ...] -> [B/G, K', G, ...]
         return x.reshape(groups, rows // groups, *x.shape[1:]).swapaxes(1, 2)
@@ -283,15 +291,50 @@ def cached_attention(
     prompt_logits = jnp.einsum("BKQH,BKHS->BKQS", prompt_q, prompt_keys, preferred_element_type=jnp.float32)
     prompt_logits = jnp.where(to_groups(_group_mask(mask[..., :p])),  # [B/G, K, G, T, Gh, P]
                               prompt_logits.reshape(groups, kv_heads, rows // groups, t, -1, p), _MASKED)
-    own_logits = jnp.einsum("BKQH,BKHS->BKQS", q, keys, preferred_element_type=jnp.float32)  # [B, K, Q, R]
-    own_logits = jnp.where(_group_mask(mask[..., p:]), _grouped(own_logits, t), _MASKED)  # [B, K, T, Gh, R]
-    top = jnp.maximum(to_rows(prompt_logits.max(-1)), own_logits.max(-1))  # [B, K, T, Gh]
-    prompt_weights = jnp.exp(prompt_logits - to_groups(top)[..., None])  # [B/G, K, G, T, Gh, P]
-    own_weights = jnp.exp(own_logits - top[..., None])  # [B, K, T, Gh, R]
-    total = (to_rows(prompt_weights.sum(-1)) + own_weights.sum(-1)).reshape(rows, kv_heads, queries, 1)
+    top = prompt_logits.max(-1)  # [B/G, K, G, T, Gh]
+    prompt_weights = jnp.exp(prompt_logits - top[..., None])
     prompt_out = jnp.einsum("BKQS,BKSH->BKQH", prompt_weights.reshape(groups, kv_heads, -1, p).astype(values.dtype),
-                            prompt_values)  # [B/G, K, G·Q, H]
-    own_out = jnp.einsum("BKQS,BKSH->BKQH", own_weights.reshape(rows, kv_heads, queries, -1).astype(values.dtype),
-                         values)  # [B, K, Q, H]
-    out = (to_rows(prompt_out.reshape(groups, kv_heads, -1, queries, h)) + own_out) / total  # [B, K, Q, H]
-    return _ungroup_queries(out.astype(q.dtype), t)
+                            prompt_values, preferred_element_type=jnp.float32)  # [B/G, K, G·Q, H]
+    softmax = _Running(to_rows(top), to_rows(prompt_weights.sum(-1)),
+                       to_rows(prompt_out.reshape(groups, kv_heads, -1, queries, h)))
+
+    def read_block(index, softmax):  # own slots [start, start + block); those before index·block were read
+        start = jnp.minimum(index * block, own_slots - block)  # the last block ends at R
+        block_mask = jax.lax.dynamic_slice_in_dim(mask, p + start, block, axis=2)  # [B, T, block]
+        block_keys = jax.lax.dynamic_slice_in_dim(keys, start, block, axis=3)  # [B, K, H, block]
+        block_values = jax.lax.dynamic_slice_in_dim(values, start, block, axis=2)  # [B, K, block, H]
+        logits = jnp.einsum("BKQH,BKHS->BKQS", q, block_keys, preferred_element_type=jnp.float32)
+        logits = jnp.where(_group_mask(block_mask), _grouped(logits, t), _MASKED)  # [B, K, T, Gh, block]
+        read = start + jnp.arange(block) < index * block  # weight 0 even for a query that opens nothing
+        return softmax.add(jnp.where(read, -jnp.inf, logits), block_values)
+
+    if block == own_slots:  # at most one block: read it whole (a loop would only add its overhead)
+        softmax = read_block(0, softmax) if own_slots else softmax
+    else:
+        opened = jnp.any(mask[..., p:], axis=(0, 1))  # [R]: some query opens the slot
+        blocks_read = (jnp.max(jnp.where(opened, jnp.arange(own_slots) + 1, 0)) + block - 1) // block
+        softmax = jax.lax.fori_loop(0, blocks_read, read_block, softmax)
+    return _ungroup_queries(softmax.result().astype(q.dtype), t)
+
+
+class _Running(NamedTuple):
+    """Softmax-weighted sums accumulated over blocks of keys (FlashAttention's online softmax):
+    the running maximum logit, the normaliser and the unnormalised output, all relative to `top`."""
+
+    top: jax.Array  # [B, K, T, Gh] float32
+    total: jax.Array  # [B, K, T, Gh] float32
+    out: jax.Array  # [B, K, Q, H] float32
+
+    def add(self, logits: jax.Array, values: jax.Array) -> "_Running":
+        """logits [B, K, T, Gh, S] (closed keys at _MASKED) of keys whose values are [B, K, S, H]."""
+        b, kv_heads, t, groups, s = logits.shape
+        top = jnp.maximum(self.top, logits.max(-1))
+        scale = jnp.exp(self.top - top)  # [B, K, T, Gh]
+        weights = jnp.exp(logits - top[..., None])  # [B, K, T, Gh, S]
+        out = jnp.einsum("BKQS,BKSH->BKQH", weights.reshape(b, kv_heads, t * groups, s).astype(values.dtype),
+                         values, preferred_element_type=jnp.float32)  # [B, K, Q, H]
+        return _Running(top, self.total * scale + weights.sum(-1),
+                        self.out * scale.reshape(b, kv_heads, -1, 1) + out)
+
+    def result(self) -> jax.Array:
+        return self.out / self.total.reshape(self.out.shape[:3] + (1,))  # [B, K, Q, H]

@@ -68,20 +68,44 @@ def test_causal_mask_dense_block_is_the_slice_of_the_full_mask():
     np.testing.assert_array_equal(full[0, 4], [False, True, True, False, True])
 
 
-@pytest.mark.parametrize("group_size", [1, 3])
-def test_cached_attention_with_group_shared_prompts_matches_the_reference(group_size):
-    """Rows b·G … b·G + G − 1 read prompt b's P slots from one shared copy and their own R slots:
-    the same as each row attending to [its prompt's keys | its own keys] under the same mask."""
-    prompts, p, r, t = 2, 5, 6, 3
+def cached_and_reference(group_size: int, own_block: int | None, mask_fn, unread_from: int = 7):
+    """cached_attention over a group-shared prompt cache (P = 5) and R = 7 own slots per row, and
+    the reference over each row's [its prompt's keys | its own keys], under mask_fn(key) [B, T, P + R].
+    cached_attention's own keys and values are NaN from slot `unread_from` on: it must not read them."""
+    prompts, p, r, t = 2, 5, 7, 3
     rows = prompts * group_size
     keys = jax.random.split(jax.random.key(3), 6)
     q = jax.random.normal(keys[0], (rows, t, N, H))
     prompt_k, prompt_v = jax.random.normal(keys[1], (prompts, p, K, H)), jax.random.normal(keys[2], (prompts, p, K, H))
     own_k, own_v = jax.random.normal(keys[3], (rows, r, K, H)), jax.random.normal(keys[4], (rows, r, K, H))
-    mask = jax.random.bernoulli(keys[5], 0.6, (rows, t, p + r)).at[0, 1].set(False)  # [B, T, P + R]
-    ours = layers.cached_attention(
+    mask = mask_fn(keys[5], (rows, t, p + r))
+    unread_k, unread_v = (jnp.where(jnp.arange(r)[:, None, None] < unread_from, x, jnp.nan)  # [B, R, K, H]
+                          for x in (own_k, own_v))
+    ours = jax.jit(layers.cached_attention, static_argnums=6)(
         q, prompt_k.transpose(0, 2, 3, 1), prompt_v.transpose(0, 2, 1, 3),  # [B/G, K, H, P], [B/G, K, P, H]
-        own_k.transpose(0, 2, 3, 1), own_v.transpose(0, 2, 1, 3), mask)  # [B, K, H, R], [B, K, R, H]
+        unread_k.transpose(0, 2, 3, 1), unread_v.transpose(0, 2, 1, 3), mask, own_block)  # [B, K, H, R], [B, K, R, H]
     full_k = jnp.concatenate([jnp.repeat(prompt_k, group_size, axis=0), own_k], axis=1)  # [B, P + R, K, H]
     full_v = jnp.concatenate([jnp.repeat(prompt_v, group_size, axis=0), own_v], axis=1)
-    np.testing.assert_allclose(ours, reference_attention(q, full_k, full_v, mask), rtol=1e-5, atol=1e-5)
+    return ours, reference_attention(q, full_k, full_v, mask)
+
+
+# own blocks of 3 slots: 7 = 3 + 3 + 1, the last block read as slots 4 … 6 with 4 and 5 already read
+@pytest.mark.parametrize("own_block", [None, 3, 7])
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_cached_attention_with_group_shared_prompts_matches_the_reference(group_size, own_block):
+    """Rows b·G … b·G + G − 1 read prompt b's P slots from one shared copy and their own R slots
+    (in blocks): the same as each row attending to [its prompt's keys | its own keys]."""
+    random_mask = lambda key, shape: jax.random.bernoulli(key, 0.6, shape).at[0, 1].set(False).at[1, 2, -1].set(True)
+    ours, reference = cached_and_reference(group_size, own_block, random_mask)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opened", [0, 1, 3, 4])
+def test_cached_attention_reads_own_blocks_up_to_the_last_opened_slot(opened):
+    """A cache whose rows have used only `opened` own slots (as early in a rollout): blocks of 3 own
+    slots are read up to the last block some query opens, no further (the later slots are NaN)."""
+    def used_mask(key, shape):
+        p = shape[-1] - 7
+        return jax.random.bernoulli(key, 0.7, shape).at[..., 0].set(True) & (jnp.arange(shape[-1]) < p + opened)
+    ours, reference = cached_and_reference(3, 3, used_mask, unread_from=-(-opened // 3) * 3)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)

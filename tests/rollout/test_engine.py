@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from pixel_jax.models import layers
 from pixel_jax.models import qwen2_5_vl as qvl
 from pixel_jax.processing import chat
 from pixel_jax.processing import image as pim
@@ -150,6 +151,16 @@ def test_training_forward_reproduces_the_sampling_logprobs(setup, rollout):
     # tool results and the prompt carry no loss
     assert not mask[:, : t.prompt_len].any()
     assert not (mask & (np.asarray(t.tokens) == setup["cfg"].image_token_id)).any()
+
+
+def test_own_cache_read_in_blocks_gives_the_same_rollout(setup, engine, rollout, monkeypatch):
+    """Attention over the rows' own slots in blocks of 16 (a loop that stops after the last block in
+    use) instead of one block of all R = 140 + 2 x chunk slots: the same trajectory."""
+    batch, t = rollout
+    monkeypatch.setattr(layers, "OWN_BLOCK", 16)
+    blocked = engine_lib.Engine(setup["model"], engine.spec)(setup["model"], batch, jax.random.key(7))
+    np.testing.assert_array_equal(np.asarray(blocked.tokens), np.asarray(t.tokens))
+    np.testing.assert_allclose(np.asarray(blocked.logprobs), np.asarray(t.logprobs), atol=1e-5)
 
 
 def test_rows_do_not_depend_on_each_other(setup, engine, rollout):
