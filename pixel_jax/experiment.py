@@ -119,23 +119,14 @@ class Experiment:
     def rollout_inputs(self, batch: pipeline.Batch, rollout: ml_collections.ConfigDict) -> dict[str, jax.Array]:
         """The engine's inputs for `batch` (the whole global batch, which every process reads), rows
         placed over the batch mesh axes."""
-        arrays = rollout_inputs_lib.rollout_inputs(batch, self.protocol, self.tok, rollout.max_prompt_len)
-        return {name: self.place_rows(value) for name, value in arrays.items()}
-
-    def row_sharding(self, shape: tuple[int, ...], row_axis: int = 0) -> jax.sharding.NamedSharding:
-        """The rows (`row_axis`) split over the batch mesh axes that divide them, the rest replicated."""
-        return sharding.logical_sharding(sharding.rows_on_batch(len(shape), row_axis), self.mesh, self.rules, shape)
-
-    def place_rows(self, value: np.ndarray, row_axis: int = 0) -> jax.Array:
-        """`value` (the same on every process) as a global array, each device given its rows."""
-        value = np.asarray(value)
-        return jax.make_array_from_callback(value.shape, self.row_sharding(value.shape, row_axis),
-                                            lambda index: value[index])
+        return self.place_batch(rollout_inputs_lib.rollout_inputs(batch, self.protocol, self.tok,
+                                                                  rollout.max_prompt_len))
 
     def place_batch(self, tree):
-        """Every array of `tree` (host arrays and Trajectories) placed like `place_rows`, each on its
-        row axis (`trajectory.row_axes`)."""
-        return jax.tree.map(self.place_rows, tree, row_axes(tree))
+        """Every array of `tree` (host arrays and Trajectories, the same on every process) as a global
+        array, each device given its rows (`sharding.place_rows`, on `trajectory.row_axes`)."""
+        place = lambda value, row_axis: sharding.place_rows(value, self.mesh, self.rules, row_axis)
+        return jax.tree.map(place, tree, row_axes(tree))
 
     @staticmethod
     def host_trajectory(trajectory: Trajectory) -> Trajectory:

@@ -228,12 +228,9 @@ def init_learner(plan: LearnerPlan, model: nnx.Module, *, seed: int = 0) -> tupl
 
 # ------------------------------------------------------------------------- batches
 def shard_batch(plan: LearnerPlan, batch: RolloutBatch) -> RolloutBatch:
-    """`batch` placed with its rows split over the batch mesh axes (rule "activation_batch")."""
-
-    def place(x: jax.Array, row_axis: int) -> jax.Array:
-        return jax.device_put(x, sharding.logical_sharding(sharding.rows_on_batch(x.ndim, row_axis), plan.mesh,
-                                                           plan.rules, x.shape))
-
+    """`batch` placed with its rows split over the batch mesh axes (rule "activation_batch"): each
+    device is given only its rows (`sharding.place_rows`; the same batch on every process)."""
+    place = lambda value, row_axis: sharding.place_rows(value, plan.mesh, plan.rules, row_axis)
     return jax.tree.map(place, batch, row_axes(batch))
 
 

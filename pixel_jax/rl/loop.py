@@ -90,8 +90,7 @@ class Collector:
         experiment, group_size = self.experiment, self.learner_config.group_size
         host = rollout_inputs.rollout_inputs(batch, experiment.protocol, experiment.tok,
                                              self.config.rollout.max_prompt_len)
-        trajectory = self.engine(policy, {name: experiment.place_rows(value) for name, value in host.items()},
-                                 key, group_size=group_size)
+        trajectory = self.engine(policy, experiment.place_batch(host), key, group_size=group_size)
         trajectory = experiment.host_trajectory(trajectory)
         scores = scoring.score_rollouts(trajectory, batch.examples, group_size=group_size, tok=experiment.tok,
                                         protocol=experiment.protocol, weights=self.config.reward.weights.to_dict())
