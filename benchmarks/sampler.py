@@ -2,7 +2,10 @@
 
 Same weights (written by transformers, read by pixel_jax), a Qwen2.5-VL config with 4 layers,
 hidden 256, 8 heads, 2 KV heads, vocab 4096; by default batch 8, 64-token prompts, 128 new tokens,
-greedy. Prints a table and the speed ratio measured in this run. transformers runs with
+greedy. Prints a table and the speed ratio measured in this run, then the rate at which a decode
+step reads its bytes (weights and KV cache: decoding a small batch is memory-bound) against the
+rate at which this machine streams float32 matrices from memory, measured in the same run (above
+1x: part of the step's bytes stayed in the CPU's caches). transformers runs with
 `--torch-threads` intra-op threads and XLA's dot kernels with `--xla-threads`, 1 each by default:
 on a shared 2-core machine both libraries' worker threads spin against the other processes' and a
 2-thread run measures the contention, not the library (`threads.py`); pass 2 on an idle machine.
@@ -18,10 +21,12 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 from threads import add_thread_flags, xla_kernel_threads
-from timing import best_of_interleaved
+from timing import best_of, best_of_interleaved
 from transformers import Qwen2_5_VLConfig as HFConfig
 from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -78,10 +83,14 @@ def main() -> None:
             hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new,
                         min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
 
+    def run_ours_prompt():  # the prefill and one token: subtracted to leave the decode steps
+        jax.block_until_ready(sampler.generate(ours, ids, mask, max_new_tokens=1).tokens)
+
     start = time.perf_counter()
     run_ours()
     compile_s = time.perf_counter() - start
-    (ours_s, _), (hf_s, _) = best_of_interleaved(args.repeats, run_ours, run_hf)
+    run_ours_prompt()
+    (ours_s, _), (hf_s, _), (prompt_s, _) = best_of_interleaved(args.repeats, run_ours, run_hf, run_ours_prompt)
     tokens = batch * new
     print(f"batch {batch}, prompt {args.prompt_len}, {new} new tokens, greedy, best of {args.repeats}, "
           f"torch threads {args.torch_threads}, XLA kernel threads {xla_threads}")
@@ -89,6 +98,44 @@ def main() -> None:
     print(f"{'pixel_jax sampler':<28}{ours_s:>10.3f}{tokens / ours_s:>12.0f}")
     print(f"{'transformers generate':<28}{hf_s:>10.3f}{tokens / hf_s:>12.0f}")
     print(f"speed-up: {hf_s / ours_s:.2f}x   (pixel_jax first call incl. compile: {compile_s:.1f} s)")
+    if new > 1 and ours_s > prompt_s:
+        step_s = (ours_s - prompt_s) / (new - 1)
+        weights, cache = decode_step_bytes(ours, batch, args.prompt_len + new)
+        rate = memory_stream_rate(ours.config.hidden_size, ours.config.intermediate_size)
+        achieved = (weights + cache) / step_s
+        print(f"decode step: {step_s * 1e3:.2f} ms, reading {weights / 1e6:.1f} MB of weights + {cache / 1e6:.1f} MB "
+              f"of KV cache = {achieved / 1e9:.1f} GB/s; streaming 64 MB of float32 matrices from memory here now: "
+              f"{rate / 1e9:.1f} GB/s (the step reaches {achieved / rate:.2f}x of it)")
+
+
+def decode_step_bytes(model: qvl.Qwen2_5_VL, batch: int, slots: int) -> tuple[int, int]:
+    """(weights, cache) bytes one decode step reads: every decoder and LM-head weight (the
+    embedding table is only gathered from, unless it is the tied LM head) and the keys and values
+    of `slots` slots per row in every layer."""
+    cfg = model.config
+    decoder = nnx.state(model.language_model)
+    weights = sum(x.nbytes for x in jax.tree.leaves(decoder)) - model.language_model.embed_tokens[...].nbytes
+    head = model.language_model.embed_tokens if model.lm_head is None else model.lm_head.kernel
+    itemsize = jnp.dtype(cfg.compute_dtype).itemsize
+    cache = cfg.num_hidden_layers * 2 * batch * cfg.num_key_value_heads * cfg.head_dim * slots * itemsize
+    return weights + head[...].nbytes, cache
+
+
+def memory_stream_rate(hidden: int, mlp: int, megabytes: int = 64, repeats: int = 5) -> float:
+    """Bytes/s at which [8, hidden] x [hidden, mlp] float32 products stream `megabytes` of distinct
+    matrices, more than the caches hold (the fastest of `repeats` passes of 4 sweeps)."""
+    count = megabytes * 2**20 // (hidden * mlp * 4)
+    matrices = [jnp.full((hidden, mlp), i / count, jnp.float32) for i in range(count)]
+
+    @jax.jit
+    def sweeps(x, matrices):
+        def sweep(_, x):
+            return sum(x @ m for m in matrices)[:, :hidden] * 1e-3
+        return jax.lax.fori_loop(0, 4, sweep, x)
+
+    x = jnp.ones((8, hidden), jnp.float32)
+    seconds, _ = best_of(repeats, lambda: jax.block_until_ready(sweeps(x, matrices)))
+    return 4 * count * hidden * mlp * 4 / seconds
 
 
 if __name__ == "__main__":

@@ -59,9 +59,9 @@ def test_rollout_benchmark_prints_rollouts_per_second_and_the_ratio(monkeypatch,
 
 
 def test_sampler_benchmark_prints_tokens_per_second_and_the_ratio(monkeypatch, capsys):
-    batch, new_tokens = 2, 4
+    batch, new_tokens = 2, 32  # enough steps that the decode time stands out of the prompt's
     output = run_script("sampler.py", ["--batch", str(batch), "--prompt-len", "8", "--new-tokens", str(new_tokens),
-                                       "--repeats", "1"], monkeypatch, capsys)
+                                       "--repeats", "3"], monkeypatch, capsys)
     header = next(line for line in output.splitlines() if line.startswith("implementation"))
     assert header.split()[1:] == ["seconds", "tokens/s"]
     ours = table_row(output, "pixel_jax sampler")
@@ -69,3 +69,15 @@ def test_sampler_benchmark_prints_tokens_per_second_and_the_ratio(monkeypatch, c
     for seconds, tokens_per_s in (ours, reference):
         assert_quotient(tokens_per_s, 1, batch * new_tokens, seconds)
     assert_quotient(speed_up(output), 0.01, reference[0], ours[0], numerator_step=SECONDS_STEP)
+    # the decode step's bytes / its time, against the memory stream rate
+    line = re.search(rf"^decode step: ({NUMBER}) ms, reading ({NUMBER}) MB of weights \+ ({NUMBER}) MB of KV cache = "
+                     rf"({NUMBER}) GB/s; .*: ({NUMBER}) GB/s \(the step reaches ({NUMBER})x of it\)$", output, re.MULTILINE)
+    assert line, f"no memory line in:\n{output}"
+    step_ms, weights_mb, cache_mb, achieved, rate, share = map(float, line.groups())
+    megabytes = weights_mb + cache_mb  # MB/ms = GB/s; every number is read back rounded
+    assert (megabytes - 0.1) / (step_ms + 0.005) - 0.05 <= achieved <= (megabytes + 0.1) / (step_ms - 0.005) + 0.05
+    assert (achieved - 0.05) / (rate + 0.05) - 0.005 <= share <= (achieved + 0.05) / (rate - 0.05) + 0.005
+    d, kv, mlp, vocab = 256, 64, 1024, 4096  # the benchmark's model: 4 layers, 8 heads and 2 kv heads of 32
+    layer = d * d + d + 2 * (d * kv + kv) + d * d + 3 * d * mlp + 2 * d  # q, k, v (with biases), o, MLP, 2 norms
+    assert weights_mb == round((4 * layer + d + d * vocab) * 4 / 1e6, 1)  # + final norm, LM head (not the embedding)
+    assert cache_mb == round(4 * 2 * batch * kv * (8 + new_tokens) * 4 / 1e6, 1)
