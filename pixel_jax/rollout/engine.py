@@ -88,6 +88,7 @@ class RolloutState:
     cursor: jax.Array  # [B] slot of the newest token (sampled, not yet forwarded)
     next_position: jax.Array  # [B] M-RoPE text position of the next slot written
     n_sampled: jax.Array  # [B]
+    budget: jax.Array  # [B] response tokens the row may sample (≤ RolloutSpec.max_new_tokens)
     phase: jax.Array  # [B] Phase
     finish: jax.Array  # [B] FinishReason
     n_calls: jax.Array  # [B]
@@ -106,7 +107,8 @@ class RolloutState:
 
 
 _ROW_FIELDS = (
-    "tokens", "slot_valid", "sampled", "logprobs", "temperature", "cursor", "next_position", "n_sampled", "phase",
+    "tokens", "slot_valid", "sampled", "logprobs", "temperature", "cursor", "next_position", "n_sampled", "budget",
+    "phase",
     "finish", "n_calls", "n_errors", "call_errors", "call_boxes", "call_targets", "call_frames", "images",
     "source_boxes", "shown_wh", "n_shown", "forced", "row_keys", "waited",
 )
@@ -193,6 +195,8 @@ class Engine:
         Optional forced_tokens [B, F] int32: teacher-forced response tokens (the n-th token the
         policy writes is forced_tokens[b, n] unless -1), scored like sampled ones — for replaying
         or scoring given responses through the same program.
+        Optional max_new_tokens [B] int32: row b's response token budget, clipped to
+        [1, spec.max_new_tokens] (default: spec.max_new_tokens for every row).
         group_size G: each prompt is prefilled once and sampled G times; rows b·G … b·G + G − 1 of
         the trajectory are the group of prompt b (per-row image arrays must then be [B, P0, patch_dim]
         / [B, 3]). Per-row entries may also be given per sample ([B·G, ...], e.g. forced_tokens).
@@ -222,6 +226,9 @@ class Engine:
             state = state.replace(row_keys=jax.vmap(lambda i: jax.random.fold_in(rng, i))(keys))
         if "forced_tokens" in batch:
             state = state.replace(forced=batch["forced_tokens"].astype(jnp.int32))
+        if "max_new_tokens" in batch:
+            budget = jnp.clip(batch["max_new_tokens"], 1, self.spec.max_new_tokens)
+            state = state.replace(budget=budget.astype(jnp.int32))
         state = self._append_sample(state, logits, state.phase == Phase.GENERATING,
                                     advance=jnp.zeros(logits.shape[:1], jnp.int32))
 
@@ -273,6 +280,7 @@ class Engine:
             sampled=jnp.zeros((b, s), bool), logprobs=jnp.zeros((b, s), jnp.float32),
             temperature=jnp.zeros((b, s), jnp.float32), cursor=jnp.full((b,), p - 1, jnp.int32),
             next_position=(deltas[:, 0] + mask.sum(1)).astype(jnp.int32), n_sampled=jnp.zeros((b,), jnp.int32),
+            budget=jnp.full((b,), spec.max_new_tokens, jnp.int32),  # set per sample once the groups are formed
             phase=jnp.full((b,), Phase.GENERATING, jnp.int32),
             finish=jnp.zeros((b,), jnp.int32), n_calls=jnp.zeros((b,), jnp.int32),
             n_errors=jnp.zeros((b,), jnp.int32), call_errors=jnp.zeros((b, c), jnp.int32),
@@ -324,7 +332,7 @@ class Engine:
     def _next_phase(self, state: RolloutState, token, rows) -> RolloutState:
         spec, s = self.spec, state.tokens.shape[1]
         stop = jnp.isin(token, jnp.asarray(spec.stop_ids, jnp.int32)) if spec.stop_ids else jnp.zeros_like(rows)
-        out_of_tokens = (state.n_sampled >= spec.max_new_tokens) | (state.cursor + 1 >= s)
+        out_of_tokens = (state.n_sampled >= state.budget) | (state.cursor + 1 >= s)
         finish = jnp.where(stop, FinishReason.STOP, jnp.where(out_of_tokens, FinishReason.LENGTH, FinishReason.RUNNING))
         phase = jnp.where(finish != FinishReason.RUNNING, Phase.DONE, Phase.GENERATING)
         if spec.tools is not None:

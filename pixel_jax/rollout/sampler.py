@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 from pixel_jax.rollout import engine as engine_lib
@@ -26,7 +27,7 @@ def generate(
     input_ids,
     attention_mask,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -37,11 +38,17 @@ def generate(
 ) -> GenerateOutput:
     """Samples up to max_new_tokens after left-padded prompts (greedy when temperature == 0).
 
-    pixel_values [Σ t·h·w, patch_dim] and image_grid_thw [I, 3] follow transformers' conventions.
-    The compiled program is cached per (model graph, settings) and reused across calls.
+    max_new_tokens: one budget for every row, or one per row ([B]; the outputs are as wide as the
+    largest). pixel_values [Σ t·h·w, patch_dim] and image_grid_thw [I, 3] follow transformers'
+    conventions. The compiled program is cached per (model graph, settings) and reused across calls.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    budgets = np.asarray(max_new_tokens)
+    rows = np.shape(input_ids)[0]
+    if budgets.ndim > 1 or (budgets.ndim == 1 and budgets.shape[0] != rows):
+        raise ValueError(f"max_new_tokens must be an int or one int per row ({rows}), got shape {budgets.shape}")
+    if not np.issubdtype(budgets.dtype, np.integer) or budgets.size == 0 or budgets.min() < 1:
+        raise ValueError(f"max_new_tokens must be integers ≥ 1, got {max_new_tokens}")
+    max_new_tokens = int(budgets.max())
     params = sampling.SamplingParams(temperature, top_k or 0, 1.0 if top_p is None else top_p)
     spec = engine_lib.RolloutSpec(max_new_tokens=max_new_tokens, stop_ids=tuple(stop_token_ids),
                                   first_turn=params, later_turns=params)
@@ -49,6 +56,8 @@ def generate(
     if key not in _ENGINES:
         _ENGINES[key] = engine_lib.Engine(model, spec)
     batch = {"input_ids": jnp.asarray(input_ids), "attention_mask": jnp.asarray(attention_mask)}
+    if budgets.ndim:
+        batch["max_new_tokens"] = jnp.asarray(budgets, jnp.int32)
     if pixel_values is not None:
         batch.update(pixel_values=jnp.asarray(pixel_values), image_grid_thw=jnp.asarray(image_grid_thw))
     trajectory = _ENGINES[key](model, batch, jax.random.key(0) if rng is None else rng)

@@ -71,6 +71,26 @@ def test_stop_token_ends_a_row_and_pads_after_it(models):
     assert np.all(np.asarray(out.tokens[0, first_stop + 1:]) == 0)
 
 
+def test_per_row_token_budgets(models):
+    """Row b stops after max_new_tokens[b] tokens, which are those of a run with one budget for all."""
+    _, ours = models
+    rng = np.random.default_rng(3)
+    ids, mask = hf_tiny.left_pad([hf_tiny.sample(rng, [9]), hf_tiny.sample(rng, [14]), hf_tiny.sample(rng, [5])])
+    budgets = [3, 7, 1]
+    out = sampler.generate(ours, ids, mask, max_new_tokens=budgets)
+    full = sampler.generate(ours, ids, mask, max_new_tokens=max(budgets))
+    tokens, reference = np.asarray(out.tokens), np.asarray(full.tokens)
+    assert tokens.shape == reference.shape == (ids.shape[0], max(budgets))
+    np.testing.assert_array_equal(np.asarray(out.lengths), budgets)
+    for row, budget in enumerate(budgets):
+        np.testing.assert_array_equal(tokens[row, :budget], reference[row, :budget])
+        assert not tokens[row, budget:].any()
+    with pytest.raises(ValueError, match="one int per row"):
+        sampler.generate(ours, ids, mask, max_new_tokens=[3] * (ids.shape[0] + 1))
+    with pytest.raises(ValueError, match="integers ≥ 1"):
+        sampler.generate(ours, ids, mask, max_new_tokens=[0] + [3] * (ids.shape[0] - 1))
+
+
 def test_sampled_logprobs_are_those_of_the_tempered_distribution(models):
     _, ours = models
     rng = np.random.default_rng(3)
