@@ -88,6 +88,7 @@ IMAGE_BUDGETS = types.MappingProxyType({
 })
 SYNTHETIC_DOWNSAMPLE_FACTORS = (3, 4)  # canvas = view × f: the sign is legible only after a zoom
 MAX_CALLS = 3  # METHOD.md: a response is cut after more than 3 calls
+MAX_IMAGES = 16  # … or 16 images
 PROMPT_TEXT_TOKENS = 640  # system prompt with the tool schemas + question (packaged tokenizer: ≤ 573 measured)
 
 
@@ -235,13 +236,15 @@ def rollout_config(args: ml_collections.ConfigDict, phase: str, *, max_new_token
 
     Sampling (the authors' code): first turn T 1.0, top-k 40, top-p 0.95; later turns T 0.9 (METHOD.md
     gives only the temperature for later turns: top-k and top-p are kept); greedy for evaluation.
-    A response is cut after `max_calls` calls or its `max_new_tokens`.
+    A response is cut after `max_calls` calls, `max_images` images shown by its calls, or its
+    `max_new_tokens`.
     """
     budget = IMAGE_BUDGETS[scale_of(args), phase]
     return ml_collections.ConfigDict({
         "max_prompt_len": PROMPT_TEXT_TOKENS + budget.max_view_tokens,  # left-padded prompt slots
         "max_new_tokens": max_new_tokens,
         "max_calls": MAX_CALLS,
+        "max_images": MAX_IMAGES,
         "first_turn": sampling_config(0.0, 0, 1.0) if greedy else sampling_config(1.0, 40, 0.95),
         "later_turns": sampling_config(0.0, 0, 1.0) if greedy else sampling_config(0.9, 40, 0.95),
     })

@@ -225,7 +225,8 @@ def _check_rollout(report: _Report, rollout: ml_collections.ConfigDict, path: st
     top_k = (rollout.first_turn.top_k, rollout.later_turns.top_k)
     report.require(top_k[0] == top_k[1] or 0 in top_k, f"{path}.later_turns.top_k", top_k[1],
                    f"must equal first_turn.top_k={top_k[0]} or one of them be 0 (top-k is a static shape)")
-    for name, minimum in (("max_prompt_len", 1), ("max_new_tokens", 1), ("max_calls", 0)):
+    for name, minimum in (("max_prompt_len", 1), ("max_new_tokens", 1), ("max_calls", 0),
+                          ("max_images", 0)):
         report.require(rollout[name] >= minimum, f"{path}.{name}", rollout[name], f"must be >= {minimum}")
 
 

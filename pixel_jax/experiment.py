@@ -103,7 +103,8 @@ class Experiment:
         special = self.tok.special
         return engine_lib.RolloutSpec(max_new_tokens=rollout.max_new_tokens,
                                       stop_ids=(special.im_end, special.endoftext), first_turn=first_turn,
-                                      later_turns=later_turns, max_calls=rollout.max_calls, tools=self.tables)
+                                      later_turns=later_turns, max_calls=rollout.max_calls, tools=self.tables,
+                                      max_images=rollout.max_images)
 
     def engine(self, model: qvl.Qwen2_5_VL, rollout: ml_collections.ConfigDict) -> engine_lib.Engine:
         """The compiled rollout of a `config.rollout` section. Engines are shared by every phase of

@@ -73,7 +73,7 @@ def test_grpo_holds_the_reference_coefficients():
     first, later = config_validation.sampling_params(config.rollout)
     assert (first.temperature, first.top_k, first.top_p) == (1.0, 40, 0.95)
     assert later.temperature == 0.9
-    assert config.rollout.max_calls == 3
+    assert (config.rollout.max_calls, config.rollout.max_images) == (3, 16)
     evaluation, _ = config_validation.sampling_params(config.eval.rollout)
     assert evaluation.temperature == 0.0  # greedy
     assert dict(config.reward.weights) == {"correct": 1.0}

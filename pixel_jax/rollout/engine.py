@@ -58,6 +58,7 @@ class FinishReason(enum.IntEnum):
     LENGTH = 2  # response token budget or cache exhausted
     TOO_MANY_CALLS = 3  # a call beyond max_calls
     NO_ROOM_FOR_RESULT = 4  # a call whose result chunk no longer fits the cache
+    TOO_MANY_IMAGES = 5  # a call whose images would take the response past max_images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class RolloutSpec:
     later_turns: sampling.SamplingParams = sampling.SamplingParams()
     max_calls: int = 0
     tools: ToolTables | None = None
+    max_images: int = 0  # images the calls of a response may show (the prompt's not counted); 0 = no limit
 
     def cache_slots(self, prompt_len: int) -> int:
         chunk = self.tools.chunk_len if self.tools is not None else 0
@@ -364,7 +366,7 @@ class Engine:
     # ------------------------------------------------------------------ inject
     def _inject(self, model, batch, state: RolloutState) -> RolloutState:
         tools, cfg = self.spec.tools, self.config
-        rows = state.phase == Phase.PENDING_TOOL
+        pending = state.phase == Phase.PENDING_TOOL
         b, s = state.tokens.shape
         length, per_call = tools.chunk_len, tools.images_per_call
         h, w = tools.image_hw
@@ -381,6 +383,9 @@ class Engine:
             result = jax.vmap(lambda *a: execute_crop(tools, *a))(
                 parsed, batch["original"], batch["original_wh"], state.source_boxes, state.shown_wh, state.n_shown)
             images, count = result.pixels[:, None], (result.error == ToolError.OK).astype(jnp.int32)
+        succeeded = pending & (result.error == ToolError.OK)
+        too_many_images = succeeded & (state.n_shown - 1 + count > (self.spec.max_images or state.images.shape[1]))
+        rows = pending & ~too_many_images  # the calls served
         ok = rows & (result.error == ToolError.OK)
         count = jnp.where(ok, count, 0)
 
@@ -429,6 +434,10 @@ class Engine:
             images=state.images.at[write_rows, jnp.where(keep, image_slots, state.images.shape[1])].set(
                 images, mode="drop"),
             n_shown=state.n_shown + count,
+        )
+        state = state.replace(  # a call past max_images ends its response unserved
+            phase=jnp.where(too_many_images, Phase.DONE, state.phase),
+            finish=jnp.where(too_many_images, FinishReason.TOO_MANY_IMAGES, state.finish),
         )
         if tools.tool == ToolId.SELECT_FRAMES:
             return self._append_sample(state.replace(call_frames=_set_at(state.call_frames, call, result.frames, rows)),

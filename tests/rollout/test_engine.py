@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,6 +182,19 @@ def test_call_and_token_budgets_end_the_response(setup, engine):
     assert int(t.n_calls[0]) == 2
     assert int(t.finish[1]) == engine_lib.FinishReason.LENGTH
     assert int(t.response_length[1]) == MAX_NEW_TOKENS
+
+
+def test_a_call_past_max_images_ends_the_response_unserved(setup, engine):
+    """max_images = 1: row 0's second crop would be its response's second image, so the response
+    ends at that call (not executed); row 1's failed call shows nothing, so its crop is served."""
+    responses = [GOOD_CALL + "\nThe crop shows" + CROP_OF_CROP, BAD_CALL + GOOD_CALL]
+    spec = dataclasses.replace(engine.spec, max_images=1)
+    t = engine_lib.Engine(setup["model"], spec)(setup["model"], make_batch(setup, responses), jax.random.key(7))
+    assert int(t.finish[0]) == engine_lib.FinishReason.TOO_MANY_IMAGES
+    assert int(t.n_calls[0]) == 1 and int(t.response_length[0]) == len(setup["tok"].encode(responses[0]))
+    assert int(t.finish[1]) != engine_lib.FinishReason.TOO_MANY_IMAGES
+    np.testing.assert_array_equal(np.asarray(t.n_calls[1]), 2)
+    np.testing.assert_array_equal(np.asarray(t.n_errors), [0, 1])
 
 
 def test_group_sampling_replicates_each_prompt(setup, engine):
