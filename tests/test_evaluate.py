@@ -147,8 +147,9 @@ def test_two_processes_report_what_one_process_reports(tmp_path):
                                   env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i in range(2)]
     outputs = [p.communicate(timeout=900) for p in processes]
-    for p, (_, stderr) in zip(processes, outputs):
-        assert p.returncode == 0, stderr[-3000:]
+    logs = "\n".join(f"--- process {i} (exit {p.returncode}):\n{stderr[-3000:]}"
+                     for i, (p, (_, stderr)) in enumerate(zip(processes, outputs)))
+    assert all(p.returncode == 0 for p in processes), logs  # both logs: a failure in one shows in the other
     single = subprocess.run([sys.executable, "-c", TWO_PROCESS_WORKER.replace(
         'jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)', ""), "0", "0", str(tmp_path / "one")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=900)

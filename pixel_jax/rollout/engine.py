@@ -183,6 +183,8 @@ class Engine:
         self.spec = spec
         self.config = model.config
         self.graphdef, _ = nnx.split(model)
+        self._placeholders = np.array([model.config.image_token_id, model.config.video_token_id,
+                                       model.config.vision_start_token_id, model.config.vision_end_token_id])
         self._sharding = (mesh, sharding.make_rules() if rules is None else rules) if mesh is not None else None
         self._run = jax.jit(self._rollout, static_argnums=3)
 
@@ -303,13 +305,15 @@ class Engine:
         spec = self.spec
         later = state.n_calls > 0
         temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
+        # the policy never writes a vision placeholder: the replay would read it as an image slot
+        choosable = logits.at[:, self._placeholders].set(-jnp.inf)  # [B, V]
         if spec.first_turn.temperature == spec.later_turns.temperature == 0:  # greedy: no filters (a sort over V)
-            token = sampling.greedy_tokens(logits)
+            token = sampling.greedy_tokens(choosable)
         else:
             keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
             top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
             top_k = jnp.where(later, spec.later_turns.top_k, spec.first_turn.top_k)
-            token, _ = sampling.sample(logits, keys, temperature, top_k, top_p,
+            token, _ = sampling.sample(choosable, keys, temperature, top_k, top_p,
                                        max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
         forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
                                      axis=1)[:, 0]

@@ -38,35 +38,45 @@ def sample(
     key: one key, or one per row [B] (then a row's draw does not depend on the other rows).
     temperature, top_p: scalars or [B] (per row). top_k: an int or [B] per row (0 = off), at most
     the static max_top_k (default: top_k itself, which must then be a Python int).
+    When every row has top-k on (the reference settings), the draw runs over the max_top_k most
+    likely tokens, one partial selection per row; otherwise over the whole vocabulary, sorted (at
+    V = 151,936 and 16 rows on one CPU core: ~500 ms a step, against a few ms).
     """
-    b = logits.shape[0]
+    b, vocab = logits.shape
     temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (b,))
     top_p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (b,))
-    greedy = temperature <= 0
     scaled = logits / effective_temperature(temperature)[:, None]  # [B, V]
-
-    filtered = scaled
     max_top_k = top_k if max_top_k is None else max_top_k
-    if max_top_k:
-        row_top_k = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), (b,))
-        best = jax.lax.top_k(scaled, max_top_k)[0]  # [B, max_top_k]
-        kth = jnp.take_along_axis(best, jnp.maximum(row_top_k - 1, 0)[:, None], axis=1)  # [B, 1]
-        kth = jnp.where(row_top_k[:, None] > 0, kth, -jnp.inf)
-        filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
-    # top-p: keep the smallest set of most likely tokens whose mass reaches p (always ≥ 1 token).
-    order = jnp.argsort(-filtered, axis=-1)  # [B, V]
-    sorted_probs = jax.nn.softmax(jnp.take_along_axis(filtered, order, axis=-1), axis=-1)
-    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep_sorted = mass_before < top_p[:, None]
-    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(b)[:, None], order].set(keep_sorted)
-    filtered = jnp.where(keep, filtered, -jnp.inf)
+    row_top_k = jnp.broadcast_to(jnp.asarray(top_k if max_top_k else 0, jnp.int32), (b,))
+    kept = jnp.where(row_top_k > 0, row_top_k, vocab)  # [B] candidates before top-p
 
-    if key.ndim:  # a key per row
-        sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, filtered)
+    def over_vocabulary():
+        order = jnp.argsort(-scaled, axis=-1)  # [B, V]
+        return _draw_nucleus(jnp.take_along_axis(scaled, order, axis=-1), order, kept, top_p, key)
+
+    if max_top_k:
+        best = jax.lax.top_k(scaled, max_top_k)  # ([B, k] values, descending; their token ids)
+        sampled = jax.lax.cond(jnp.all(row_top_k > 0), lambda: _draw_nucleus(*best, kept, top_p, key),
+                               over_vocabulary)
     else:
-        sampled = jax.random.categorical(key, filtered, axis=-1)
-    tokens = jnp.where(greedy, greedy_tokens(logits), sampled).astype(jnp.int32)
+        sampled = over_vocabulary()
+    tokens = jnp.where(temperature <= 0, greedy_tokens(logits), sampled).astype(jnp.int32)
     return tokens, token_logprob(logits, tokens, temperature)
+
+
+def _draw_nucleus(values: jax.Array, ids: jax.Array, kept: jax.Array, top_p: jax.Array, key: jax.Array) -> jax.Array:
+    """A draw from candidates sorted by descending logit (values, ids [B, n]): the first kept[b]
+    of them (top-k), then the smallest prefix whose probability mass reaches top_p[b] (top-p;
+    always ≥ 1 token) -> token ids [B]."""
+    values = jnp.where(jnp.arange(values.shape[1]) < kept[:, None], values, -jnp.inf)
+    probs = jax.nn.softmax(values, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    values = jnp.where(mass_before < top_p[:, None], values, -jnp.inf)
+    if key.ndim:  # a key per row
+        choice = jax.vmap(jax.random.categorical)(key, values)
+    else:
+        choice = jax.random.categorical(key, values, axis=-1)
+    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
 
 
 def greedy_tokens(logits: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 import hf_tiny  # noqa: E402
@@ -133,6 +134,41 @@ def test_top_k_per_row():
     tokens = np.asarray(tokens)
     assert set(tokens[:2000].tolist()) == {0}
     assert set(tokens[2000:].tolist()) == {0, 1, 2, 3}
+
+
+def test_top_k_then_top_p_over_the_candidates_or_the_sorted_vocabulary():
+    """top-k 3 then top-p 0.78 of [.4, .25, .15, .1, .06, .04]: the 3 best renormalised to
+    [.5, .3125, .1875], whose first two reach 0.78 -> [.4, .25] / .65. Drawn over the top-k
+    candidates when every row has top-k on, over the sorted vocabulary when a row has it off
+    (that row: top-p alone keeps [.4, .25, .15] / .8)."""
+    probs = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+    logits = jnp.log(jnp.array([probs] * 4000))
+    keys = jax.random.split(jax.random.key(1), 4000)
+    frequencies = lambda tokens: np.bincount(np.asarray(tokens), minlength=6) / len(tokens)
+    top_k_on, _ = sampling.sample(logits, keys, 1.0, 3, 0.78)
+    np.testing.assert_allclose(frequencies(top_k_on), [0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0], atol=0.03)
+    rows_k = jnp.where(jnp.arange(4000) < 2000, 3, 0)
+    mixed, _ = sampling.sample(logits, keys, 1.0, rows_k, 0.78, max_top_k=3)
+    np.testing.assert_allclose(frequencies(mixed[:2000]), [0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0], atol=0.04)
+    np.testing.assert_allclose(frequencies(mixed[2000:]), [0.5, 0.3125, 0.1875, 0, 0, 0], atol=0.04)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_policy_never_writes_a_vision_placeholder(models, temperature):
+    """With the image placeholder made by far the most likely token in most steps, greedy and
+    sampled rows write other tokens (a written placeholder would be replayed as an image slot);
+    the log-probs recorded stay those of the unrestricted model."""
+    _, ours = models
+    rigged = nnx.clone(ours)
+    image_token = rigged.config.image_token_id
+    rigged.lm_head.kernel[...] = rigged.lm_head.kernel[...].at[:, image_token].set(1e3)  # [D, V]
+    rng = np.random.default_rng(4)
+    ids, mask = hf_tiny.left_pad([hf_tiny.sample(rng, [9]), hf_tiny.sample(rng, [6])])
+    out = sampler.generate(rigged, ids, mask, max_new_tokens=6, temperature=temperature, rng=jax.random.key(0))
+    written = np.asarray(out.tokens)
+    assert not np.isin(written, [image_token, rigged.config.video_token_id, rigged.config.vision_start_token_id,
+                                 rigged.config.vision_end_token_id]).any()
+    assert (np.asarray(out.logprobs) < -100).mean() > 0.5  # the placeholder held ~all of π's mass
 
 
 def test_sampling_params_are_validated():
