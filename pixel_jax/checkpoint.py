@@ -57,7 +57,8 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies), best_fn=best_fn,
             best_mode=best_mode, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-        self._manager = ocp.CheckpointManager(epath.Path(directory), options=options)
+        # absolute: orbax's array writer rejects a relative path (e.g. the default workdir runs/…)
+        self._manager = ocp.CheckpointManager(epath.Path(directory).absolute(), options=options)
 
     @classmethod
     def for_run(cls, workdir: epath.PathLike, settings: Mapping[str, Any]) -> "Checkpoints":
@@ -124,7 +125,7 @@ class Checkpoints:
 def checkpoint_directory(path: epath.PathLike) -> epath.Path | None:
     """Where the finished checkpoints under `path` are: `path` itself or `path/checkpoints` (a run's
     work directory); None when neither holds a finished step."""
-    path = epath.Path(path)
+    path = epath.Path(path).absolute()
     for candidate in (path, path / CHECKPOINT_DIR):
         if candidate.is_dir() and ocp.utils.checkpoint_steps(candidate):
             return candidate

@@ -77,6 +77,19 @@ def test_round_trip_restores_the_state_and_the_iterator_position(tmp_path, mesh)
     assert [next(fresh).tolist() for _ in range(2)] == following
 
 
+def test_a_relative_directory_is_saved_and_restored(tmp_path, mesh, monkeypatch):
+    """The README's default workdir is relative (runs/…): orbax's array writer needs it absolute."""
+    monkeypatch.chdir(tmp_path)
+    state = train_state(mesh)
+    with checkpoint.Checkpoints("runs/relative/checkpoints") as checkpoints:
+        assert checkpoints.save(1, state)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    with checkpoint.Checkpoints("runs/relative/checkpoints") as checkpoints:
+        assert_trees_equal(checkpoints.restore(abstract), state)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state["params"])
+    assert_trees_equal(checkpoint.restore_params("runs/relative", params), state["params"])
+
+
 def test_keeps_the_latest_n_and_the_best_step(tmp_path, mesh):
     state = train_state(mesh)
     accuracy = {1: 0.1, 2: 0.9, 3: 0.3, 4: 0.2, 5: 0.4}
