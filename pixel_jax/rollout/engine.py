@@ -110,8 +110,7 @@ class RolloutState:
 
 _ROW_FIELDS = (
     "tokens", "slot_valid", "sampled", "logprobs", "temperature", "cursor", "next_position", "n_sampled", "budget",
-    "phase",
-    "finish", "n_calls", "n_errors", "call_errors", "call_boxes", "call_targets", "call_frames", "images",
+    "phase", "finish", "n_calls", "n_errors", "call_errors", "call_boxes", "call_targets", "call_frames", "images",
     "source_boxes", "shown_wh", "n_shown", "forced", "row_keys", "waited",
 )
 

@@ -41,6 +41,7 @@ def generate(
     max_new_tokens: one budget for every row, or one per row ([B]; the outputs are as wide as the
     largest). pixel_values [Σ t·h·w, patch_dim] and image_grid_thw [I, 3] follow transformers'
     conventions. The compiled program is cached per (model graph, settings) and reused across calls.
+    Unlike transformers, no row ever writes a vision placeholder (image/video pad, vision start/end).
     """
     budgets = np.asarray(max_new_tokens)
     rows = np.shape(input_ids)[0]
