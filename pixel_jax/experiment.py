@@ -34,7 +34,7 @@ from pixel_jax.processing.tokenizer import Tokenizer, load_tokenizer
 from pixel_jax.rollout import engine as engine_lib
 from pixel_jax.rollout import inputs as rollout_inputs_lib
 from pixel_jax.rollout.tool_step import ToolTables
-from pixel_jax.rollout.trajectory import Trajectory, row_axes
+from pixel_jax.rollout.trajectory import Trajectory, place_batch
 from pixel_jax.tools.protocols import PROTOCOLS, ToolProtocol
 
 _ENGINES: dict[tuple, engine_lib.Engine] = {}  # see Experiment.engine
@@ -124,10 +124,8 @@ class Experiment:
                                                                   rollout.max_prompt_len))
 
     def place_batch(self, tree):
-        """Every array of `tree` (host arrays and Trajectories, the same on every process) as a global
-        array, each device given its rows (`sharding.place_rows`, on `trajectory.row_axes`)."""
-        place = lambda value, row_axis: sharding.place_rows(value, self.mesh, self.rules, row_axis)
-        return jax.tree.map(place, tree, row_axes(tree))
+        """`trajectory.place_batch` on this run's mesh and rules."""
+        return place_batch(tree, self.mesh, self.rules)
 
     @staticmethod
     def host_trajectory(trajectory: Trajectory) -> Trajectory:

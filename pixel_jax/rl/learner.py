@@ -39,7 +39,8 @@ from jax.sharding import Mesh
 
 from pixel_jax import sharding, train_step
 from pixel_jax.rl import curiosity, grpo
-from pixel_jax.rollout.trajectory import Trajectory, row_axes, token_logprobs, token_logprobs_and_entropy
+from pixel_jax.rollout.trajectory import (Trajectory, place_batch, row_axes, token_logprobs,
+                                          token_logprobs_and_entropy)
 
 # What each loss aggregation averages over, counted per micro-batch from its loss mask [M, b, S]:
 # Σ_m w_m·L_m / Σ_m w_m is then exactly the aggregated loss of the whole batch.
@@ -229,9 +230,8 @@ def init_learner(plan: LearnerPlan, model: nnx.Module, *, seed: int = 0) -> tupl
 # ------------------------------------------------------------------------- batches
 def shard_batch(plan: LearnerPlan, batch: RolloutBatch) -> RolloutBatch:
     """`batch` placed with its rows split over the batch mesh axes (rule "activation_batch"): each
-    device is given only its rows (`sharding.place_rows`; the same batch on every process)."""
-    place = lambda value, row_axis: sharding.place_rows(value, plan.mesh, plan.rules, row_axis)
-    return jax.tree.map(place, batch, row_axes(batch))
+    device is given only its rows (`trajectory.place_batch`; the same batch on every process)."""
+    return place_batch(batch, plan.mesh, plan.rules)
 
 
 def _split_rows(x: jax.Array, micro_batches: int, row_axis: int) -> jax.Array:

@@ -306,7 +306,7 @@ class Engine:
         temperature = jnp.where(later, spec.later_turns.temperature, spec.first_turn.temperature)
         # the policy never writes a vision placeholder: the replay would read it as an image slot
         choosable = logits.at[:, self._placeholders].set(-jnp.inf)  # [B, V]
-        if spec.first_turn.temperature == spec.later_turns.temperature == 0:  # greedy: no filters (a sort over V)
+        if spec.first_turn.temperature == spec.later_turns.temperature == 0:  # greedy: no top-k / top-p work
             token = sampling.greedy_tokens(choosable)
         else:
             keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
@@ -388,8 +388,7 @@ class Engine:
             images, count = result.pixels[:, None], (result.error == ToolError.OK).astype(jnp.int32)
         succeeded = pending & (result.error == ToolError.OK)
         too_many_images = succeeded & (state.n_shown - 1 + count > (self.spec.max_images or state.images.shape[1]))
-        rows = pending & ~too_many_images  # the calls served
-        ok = rows & (result.error == ToolError.OK)
+        rows, ok = pending & ~too_many_images, succeeded & ~too_many_images  # the calls served; those that succeed
         count = jnp.where(ok, count, 0)
 
         # 2. the vision tower on every new image (those of rows without one are never placed).

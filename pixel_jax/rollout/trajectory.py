@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL, place_features
 from pixel_jax.processing import image as image_processing
@@ -63,6 +64,13 @@ def row_axes(tree):
         return jax.tree.map(lambda _: 0, node).replace(positions=1) if isinstance(node, Trajectory) else 0
 
     return jax.tree.map(axes, tree, is_leaf=lambda node: isinstance(node, Trajectory))
+
+
+def place_batch(tree, mesh, rules):
+    """Every array of `tree` (host arrays and Trajectories, the same on every process) as a global
+    array, each device given only its rows (`sharding.place_rows` on the `row_axes`)."""
+    place = lambda value, row_axis: sharding.place_rows(value, mesh, rules, row_axis)
+    return jax.tree.map(place, tree, row_axes(tree))
 
 
 def previous_valid_slot(slot_valid: jax.Array) -> jax.Array:
