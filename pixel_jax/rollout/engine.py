@@ -312,8 +312,8 @@ class Engine:
             keys = jax.vmap(jax.random.fold_in)(state.row_keys, state.n_sampled)  # [B]
             top_p = jnp.where(later, spec.later_turns.top_p, spec.first_turn.top_p)
             top_k = jnp.where(later, spec.later_turns.top_k, spec.first_turn.top_k)
-            token, _ = sampling.sample(choosable, keys, temperature, top_k, top_p,
-                                       max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
+            token = sampling.sample(choosable, keys, temperature, top_k, top_p,
+                                    max_top_k=max(spec.first_turn.top_k, spec.later_turns.top_k))
         forced = jnp.take_along_axis(state.forced, jnp.minimum(state.n_sampled, state.forced.shape[1] - 1)[:, None],
                                      axis=1)[:, 0]
         forced = jnp.where(state.n_sampled < state.forced.shape[1], forced, -1)

@@ -32,8 +32,8 @@ class SamplingParams:
 
 def sample(
     logits: jax.Array, key: jax.Array, temperature, top_k, top_p, max_top_k: int | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
+) -> jax.Array:
+    """logits [B, V] float32 -> tokens [B] int32 (their log-probabilities: `token_logprob`).
 
     key: one key, or one per row [B] (then a row's draw does not depend on the other rows).
     temperature, top_p: scalars or [B] (per row). top_k: an int or [B] per row (0 = off), at most
@@ -60,8 +60,7 @@ def sample(
                                over_vocabulary)
     else:
         sampled = over_vocabulary()
-    tokens = jnp.where(temperature <= 0, greedy_tokens(logits), sampled).astype(jnp.int32)
-    return tokens, token_logprob(logits, tokens, temperature)
+    return jnp.where(temperature <= 0, greedy_tokens(logits), sampled).astype(jnp.int32)
 
 
 def _draw_nucleus(values: jax.Array, ids: jax.Array, kept: jax.Array, top_p: jax.Array, key: jax.Array) -> jax.Array:

@@ -105,14 +105,14 @@ def test_sampled_logprobs_are_those_of_the_tempered_distribution(models):
 def test_top_k_and_top_p_restrict_the_support():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
     keys = jax.random.key(0)
-    top1, _ = sampling.sample(logits, keys, 1.0, top_k=1, top_p=1.0)
+    top1 = sampling.sample(logits, keys, 1.0, top_k=1, top_p=1.0)
     assert set(np.asarray(top1).tolist()) == {0}
-    top2, _ = sampling.sample(logits, keys, 1.0, top_k=2, top_p=1.0)
+    top2 = sampling.sample(logits, keys, 1.0, top_k=2, top_p=1.0)
     counts = np.bincount(np.asarray(top2), minlength=4) / 4000
     assert counts[2] == counts[3] == 0 and abs(counts[0] - 0.5 / 0.8) < 0.03
-    nucleus, _ = sampling.sample(logits, keys, 1.0, top_k=0, top_p=0.8)  # {0, 1} reach 0.8
+    nucleus = sampling.sample(logits, keys, 1.0, top_k=0, top_p=0.8)  # {0, 1} reach 0.8
     assert set(np.asarray(nucleus).tolist()) == {0, 1}
-    free, _ = sampling.sample(logits, keys, 1.0, top_k=0, top_p=1.0)
+    free = sampling.sample(logits, keys, 1.0, top_k=0, top_p=1.0)
     np.testing.assert_allclose(np.bincount(np.asarray(free), minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
 
@@ -127,10 +127,18 @@ def test_greedy_tokens_is_argmax_with_its_tie_and_nan_rules():
     assert got[5] == 7 and got[6] == 0 and got[7] == 49 and got.dtype == np.int32
 
 
+def test_token_logprob_per_row_temperature():
+    """logits [0, ln 3]: at T = 1 (and for greedy rows, T = 0, taken at 1) π = [1/4, 3/4]; at
+    T = 2 the logits halve to [0, ln √3], π = [1, √3] / (1 + √3)."""
+    logits = jnp.log(jnp.array([[1.0, 3.0]] * 3))
+    got = sampling.token_logprob(logits, jnp.array([1, 0, 1]), jnp.array([1.0, 0.0, 2.0]))
+    np.testing.assert_allclose(np.asarray(got), np.log([0.75, 0.25, np.sqrt(3) / (1 + np.sqrt(3))]), rtol=1e-6)
+
+
 def test_top_k_per_row():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
     rows_k = jnp.where(jnp.arange(4000) < 2000, 1, 0)  # first half top-1, second half unrestricted
-    tokens, _ = sampling.sample(logits, jax.random.key(0), 1.0, rows_k, 1.0, max_top_k=2)
+    tokens = sampling.sample(logits, jax.random.key(0), 1.0, rows_k, 1.0, max_top_k=2)
     tokens = np.asarray(tokens)
     assert set(tokens[:2000].tolist()) == {0}
     assert set(tokens[2000:].tolist()) == {0, 1, 2, 3}
@@ -145,10 +153,10 @@ def test_top_k_then_top_p_over_the_candidates_or_the_sorted_vocabulary():
     logits = jnp.log(jnp.array([probs] * 4000))
     keys = jax.random.split(jax.random.key(1), 4000)
     frequencies = lambda tokens: np.bincount(np.asarray(tokens), minlength=6) / len(tokens)
-    top_k_on, _ = sampling.sample(logits, keys, 1.0, 3, 0.78)
+    top_k_on = sampling.sample(logits, keys, 1.0, 3, 0.78)
     np.testing.assert_allclose(frequencies(top_k_on), [0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0], atol=0.03)
     rows_k = jnp.where(jnp.arange(4000) < 2000, 3, 0)
-    mixed, _ = sampling.sample(logits, keys, 1.0, rows_k, 0.78, max_top_k=3)
+    mixed = sampling.sample(logits, keys, 1.0, rows_k, 0.78, max_top_k=3)
     np.testing.assert_allclose(frequencies(mixed[:2000]), [0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0], atol=0.04)
     np.testing.assert_allclose(frequencies(mixed[2000:]), [0.5, 0.3125, 0.1875, 0, 0, 0], atol=0.04)
 
