@@ -159,6 +159,9 @@ def base_config(kind: str, args: ml_collections.ConfigDict) -> ml_collections.Co
         "init": args.init,  # a local HF folder or a pixel_jax checkpoint directory; "" = random (tiny only)
         "param_dtype": by_scale(args, cpu="float32", paper="bfloat16", runlocal="float32"),
         "dtype": by_scale(args, cpu="float32", paper="bfloat16", runlocal="float32"),
+        # the backward pass recomputes each decoder layer and ViT block from its input
+        # (layers.REMAT_POLICIES): a 7B step's activations would not fit otherwise
+        "remat": by_scale(args, cpu="none", paper="full", runlocal="none"),
     })
     config.protocol = args.protocol  # pixel_jax.tools.protocols.PROTOCOLS
     config.tools = tools_config(args, "eval" if kind == "eval" else "train")

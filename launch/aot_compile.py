@@ -40,6 +40,7 @@ from flax import nnx
 from pixel_jax import config_validation, sharding
 from pixel_jax import train_step as ts
 from pixel_jax.models import qwen2_5_vl as qvl
+from pixel_jax.models.layers import REMAT_POLICIES
 from pixel_jax.processing import image as image_processing
 from pixel_jax.processing.tokenizer import load_tokenizer
 from pixel_jax.rollout import engine as engine_lib
@@ -259,6 +260,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a program to compile; repeat for several (default: all)")
     parser.add_argument("--param-dtype", default="bfloat16")
     parser.add_argument("--dtype", default="bfloat16", help="activation dtype")
+    parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="full",
+                        help="what the train step's backward pass recomputes per layer (configs' paper scale: full)")
     parser.add_argument("--memory", action="append", default=None,
                         help="name=GB of a device memory to check against (default: v5p=95, H100=80)")
     train = parser.add_argument_group("train_step")
@@ -298,9 +301,11 @@ def report(args: argparse.Namespace) -> tuple[list[Row], str]:
         raise ValueError(f"{args.images_per_row} images of {grid} patches do not fit in --seq={args.seq} tokens")
     meshes = {text: sharding.make_mesh(_ints(text, "mesh")) for text in args.mesh}
     config = config_validation.model_config(
-        ml_collections.ConfigDict({"preset": args.model, "dtype": args.dtype, "param_dtype": args.param_dtype}))
+        ml_collections.ConfigDict({"preset": args.model, "dtype": args.dtype, "param_dtype": args.param_dtype,
+                                   "remat": args.remat}))
     programs = args.program or list(PROGRAMS)
-    lines = [f"{args.model}: params {args.param_dtype}, activations {args.dtype}; {len(jax.devices())} devices; "
+    lines = [f"{args.model}: params {args.param_dtype}, activations {args.dtype}, remat {args.remat}; "
+             f"{len(jax.devices())} devices; "
              "bytes and FLOPs per device"]
     if "train_step" in programs:
         lines.append(f"train_step: AdamW; global batch {args.batch} x {args.seq} tokens, {args.images_per_row} "

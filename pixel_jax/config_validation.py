@@ -45,10 +45,11 @@ RANDOM_INIT_PRESETS = ("tiny",)  # the only model a run may start from random we
 
 # ---------------------------------------------------------------------------- builders
 def model_config(model: ml_collections.ConfigDict) -> Qwen2_5_VLConfig:
-    """The architecture of `config.model` (preset and dtypes)."""
+    """The architecture of `config.model` (preset, dtypes and remat policy)."""
     if model.preset not in MODEL_PRESETS:
         raise ValueError(f"preset={model.preset!r} is not one of {MODEL_PRESETS}")
-    return getattr(Qwen2_5_VLConfig, model.preset)(dtype=model.dtype, param_dtype=model.param_dtype)
+    return getattr(Qwen2_5_VLConfig, model.preset)(dtype=model.dtype, param_dtype=model.param_dtype,
+                                                   remat=model.remat)
 
 
 def learner_config(config: ml_collections.ConfigDict) -> LearnerConfig:
@@ -147,7 +148,7 @@ def _check_init(report: _Report, model: ml_collections.ConfigDict) -> None:
 
 def _check_architecture(folder: epath.Path, model: ml_collections.ConfigDict) -> None:
     ours = model_config(model)
-    theirs = read_config(folder).replace(dtype=ours.dtype, param_dtype=ours.param_dtype)
+    theirs = read_config(folder).replace(dtype=ours.dtype, param_dtype=ours.param_dtype, remat=ours.remat)
     differing = [f.name for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)]
     if differing:
         raise ValueError(f"{folder} holds another architecture than preset={model.preset!r} "

@@ -92,6 +92,7 @@ def test_paper_scale_sets_the_published_sizes(tmp_path):
     assert config.optimizer.learning_rate == 1e-6
     assert not config.warm_start  # init is a warm-started checkpoint
     assert config.model.param_dtype == "bfloat16"
+    assert config.model.remat == "full"  # a 7B step keeps one activation per layer for the backward pass
     # Pixel Reasoner's training budgets: inputs ≤ 2000 visual tokens, crops ≤ 1000.
     assert max(h * w for h, w in config.data.pipeline.view_sizes) // 28**2 <= 2000
     assert config.tools.crop_hw[0] * config.tools.crop_hw[1] // 28**2 <= 1000
@@ -100,6 +101,7 @@ def test_paper_scale_sets_the_published_sizes(tmp_path):
     cpu = load("grpo")
     assert cpu.data.pipeline.batch_size == 2 and cpu.total_steps < config.total_steps
     assert cpu.rollout.max_new_tokens < config.rollout.max_new_tokens
+    assert cpu.model.remat == "none"
 
     evaluation = load("eval", f"model=qwen2_5_vl_7b,init={init},data=vstar", f"--config.data_dir={tmp_path}")
     assert max(h * w for h, w in evaluation.data.pipeline.view_sizes) // 28**2 <= 8000
@@ -176,6 +178,7 @@ def test_bad_args_name_the_key(arg, message):
     ("--config.rollout.later_turns.top_k=20", "config.rollout.later_turns.top_k=20 must equal first_turn.top_k=40"),
     ("--config.rollout.first_turn.top_p=0.0", "config.rollout: top_p must be in (0, 1]"),
     ("--config.model.dtype=float8", "config.model: Invalid Qwen2_5_VLConfig: dtype='float8'"),
+    ("--config.model.remat=all", "config.model: Invalid Qwen2_5_VLConfig: remat='all' is not one of"),
     ("--config.optimizer.learning_rate=0.0", "config.optimizer.learning_rate=0.0 must be > 0"),
     ("--config.sft.optimizer.warmup_steps=500",
      "config.sft.optimizer.warmup_steps=500 must be in [0, total_steps=100)"),

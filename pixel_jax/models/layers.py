@@ -11,13 +11,40 @@ to mesh axes; activations are constrained with `sharding.constrain` (the identit
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 _MASKED = -1e30  # large negative logit for masked keys (finite: a fully masked row stays NaN-free)
+
+# What a rematerialised block keeps from its forward pass for the backward pass (the rest is
+# recomputed there): "none" no remat (every activation kept); "dots" the matmul outputs (the
+# elementwise ops are recomputed); "full" nothing but the block's inputs (the block runs twice).
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def rematerialised(call: Callable, policy: str) -> Callable:
+    """call(module, *args) with its activations kept for the backward pass as `policy` says (a
+    `REMAT_POLICIES` name); without differentiation, the same computation as `call`.
+
+    The module is read, never written (a pure function of its state): so it may run inside a
+    loop or branch of the caller, as the ViT does in the rollout's tool steps.
+    """
+    if policy == "none":
+        return call
+
+    def checkpointed(module: nnx.Module, *args):
+        graphdef, state = nnx.split(module)
+        pure = lambda state, *args: call(nnx.merge(graphdef, state), *args)
+        return jax.checkpoint(pure, policy=REMAT_POLICIES[policy])(state, *args)
+
+    return checkpointed
 
 
 def make_param(

@@ -1,6 +1,7 @@
 """Qwen2.5-VL configuration: one dataclass, presets equal to the published checkpoints.
 
-Sharding is not configured here (see `pixel_jax.sharding`); only architecture and dtypes.
+Sharding is not configured here (see `pixel_jax.sharding`); only architecture, dtypes and what
+the backward pass recomputes (`remat`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+
+from pixel_jax.models.layers import REMAT_POLICIES
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -72,6 +75,7 @@ class Qwen2_5_VLConfig:
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
+    remat: str = "none"  # activations the backward pass recomputes per decoder layer / ViT block (layers.REMAT_POLICIES)
 
     def __post_init__(self):
         self.validate()
@@ -126,6 +130,8 @@ class Qwen2_5_VLConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {sorted(_DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
         for act in (self.hidden_act, v.hidden_act):
             if act != "silu":
                 problems.append(f"hidden_act={act!r} is not supported (Qwen2.5-VL uses 'silu')")
@@ -208,7 +214,7 @@ class Qwen2_5_VLConfig:
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", "mrope"):
             raise ValueError(f"config.json rope type {rope.get('rope_type', rope.get('type'))!r} is not supported")
 
-        ours = {f.name for f in dataclasses.fields(cls)} - {"vision", "dtype", "param_dtype"}
+        ours = {f.name for f in dataclasses.fields(cls)} - {"vision", "dtype", "param_dtype", "remat"}
         for key in ours:
             if key in merged and merged[key] is not None:
                 value = merged.pop(key)

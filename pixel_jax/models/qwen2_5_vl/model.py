@@ -45,7 +45,7 @@ class Qwen2_5_VL(nnx.Module):
     def __init__(self, config: Qwen2_5_VLConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.visual = VisionTransformer(
-            config.vision, param_dtype=config.weight_dtype, dtype=config.compute_dtype, rngs=rngs
+            config.vision, param_dtype=config.weight_dtype, dtype=config.compute_dtype, rngs=rngs, remat=config.remat
         )
         self.language_model = TextModel(config, rngs=rngs)
         self.lm_head = nnx.data(None if config.tie_word_embeddings else layers.Einsum(

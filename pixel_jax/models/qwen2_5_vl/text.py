@@ -179,8 +179,9 @@ class TextModel(nnx.Module):
         cos, sin = mrope_cos_sin(positions, self.config)
         x = sharding.constrain(embeds, HIDDEN_AXES)
         new_cache = []
+        call = layers.rematerialised(DecoderLayer.__call__, self.config.remat if cache is None else "none")
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, mask, None if cache is None else cache[i], write_index)
+            x, kv = call(layer, x, cos, sin, mask, None if cache is None else cache[i], write_index)
             x = sharding.constrain(x, HIDDEN_AXES)
             new_cache.append(kv)
         return self.norm(x), new_cache

@@ -158,9 +158,10 @@ class VisionTransformer(nnx.Module):
     """pixel_values [P, C·tp·p·p], grid_thw [I, 3] -> merged visual tokens [P/m², O]; or
     pixel_values [I, Q, C·tp·p·p] (image i in the first t·h·w of its Q rows) -> [I, Q/m², O]."""
 
-    def __init__(self, config: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs, remat: str = "none"):
         self.config = config
         self.dtype = dtype
+        self.remat = remat  # layers.REMAT_POLICIES name, per block
         self.patch_embed = layers.Einsum(
             "PC,CE->PE", (config.patch_dim, config.hidden_size), ("patch", "vit_embed"),
             param_dtype=param_dtype, rngs=rngs,
@@ -193,8 +194,9 @@ class VisionTransformer(nnx.Module):
         full_mask, window_mask = layout.full_attention_mask(), layout.window_attention_mask()  # [I | 1, Q, Q]
         x = self.patch_embed(pixel_values.reshape(num_patches, patch_dim).astype(self.dtype))
         x = sharding.constrain(x, PATCH_AXES)  # [P, E]
+        call = layers.rematerialised(VisionBlock.__call__, self.remat)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask)
+            x = call(block, x, cos, sin, full_mask if i in self.config.fullatt_block_indexes else window_mask)
             x = sharding.constrain(x, PATCH_AXES)
         tokens = sharding.constrain(self.merger(x), VISUAL_TOKEN_AXES)  # [P/m², O]
         return tokens.reshape(*entries, -1, tokens.shape[-1])

@@ -157,16 +157,19 @@ def from_pretrained(
     mesh: jax.sharding.Mesh | None = None,
     sharding_rules=None,
     compute_dtype=None,
+    remat: str = "none",
 ) -> Qwen2_5_VL:
     """Loads a local HF Qwen2.5-VL folder (config.json + model.safetensors or a sharded index).
 
-    dtype: parameter dtype. compute_dtype: activation dtype (default: dtype).
+    dtype: parameter dtype. compute_dtype: activation dtype (default: dtype). remat: what the
+    backward pass recomputes (`Qwen2_5_VLConfig.remat`).
     With a mesh, each leaf is read block by block straight onto its devices (no full copy on
     one device first), placed by `sharding_rules` (default `sharding.make_rules()`).
     Missing, unexpected or mis-shaped tensors raise one error listing them all.
     """
     dtype_name = jnp.dtype(dtype).name
-    config = read_config(path).replace(param_dtype=dtype_name, dtype=jnp.dtype(compute_dtype or dtype).name)
+    config = read_config(path).replace(param_dtype=dtype_name, dtype=jnp.dtype(compute_dtype or dtype).name,
+                                       remat=remat)
     abstract = nnx.eval_shape(lambda: Qwen2_5_VL(config, rngs=nnx.Rngs(0)))
     tensors = safetensors_io.open_folder(path)
     tensors = {_normalise_name(name): array for name, array in tensors.items()}
