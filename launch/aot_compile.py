@@ -3,13 +3,18 @@
     python launch/aot_compile.py --model=qwen2_5_vl_7b --mesh=1,8,1 --mesh=2,2,2 --batch=8 --seq=2048
     python launch/aot_compile.py --model=qwen2_5_vl_3b --mesh=2,2,2 --program=rollout --prompts=16
 
-Each program is lowered with abstract (shape-only) sharded arguments on fake CPU devices and
-compiled by XLA's SPMD partitioner, so nothing is allocated and no accelerator is needed. For each
-mesh the table gives, per device, the bytes of the arguments, outputs (minus those aliased to
-donated arguments), temporaries and their sum, the FLOPs of one call (`cost_analysis`), and
-whether the sum fits each device memory asked for. This is how to pick the mesh and batch before
-renting machines. The numbers come from XLA's CPU compiler: accelerator compilers fuse and
-schedule differently, so treat temporaries as an estimate and keep a margin.
+Each program is lowered with abstract (shape-only) sharded arguments and compiled by XLA's SPMD
+partitioner, so nothing is allocated and no accelerator is needed. For each mesh the table gives,
+per device, the bytes of the arguments, outputs (minus those aliased to donated arguments),
+temporaries and their sum, the FLOPs of one call (`cost_analysis`), and whether the sum fits each
+device memory asked for. This is how to pick the mesh and batch before renting machines.
+
+Two compilers:
+- by default XLA's CPU compiler, on `--devices` fake CPU devices: an estimate. It fuses and
+  schedules otherwise than an accelerator's, and it undoes rematerialisation (its compiled
+  program keeps no optimisation barrier; the temporaries stay about those without remat);
+- with `--topology` (e.g. v5p:2x2x2), the TPU compiler of libtpu for that slice, on a machine
+  without a TPU (pip install 'jax[tpu]'): the memory the TPU run will have.
 
 The programs (`--program`, default all):
 - train_step: the SFT step (forward, backward, AdamW) on `--batch` sequences of `--seq` tokens;
@@ -256,6 +261,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mesh", action="append", required=True,
                         help="data,fsdp,tensor sizes (one may be -1); repeat for several meshes")
     parser.add_argument("--devices", type=int, default=8, help="fake CPU devices to compile for")
+    parser.add_argument("--topology", default=None,
+                        help="compile with the TPU compiler for this slice instead, e.g. v5p:2x2x2 (8 chips); "
+                             "needs libtpu (pip install 'jax[tpu]'), not a TPU")
     parser.add_argument("--program", action="append", choices=list(PROGRAMS), default=None,
                         help="a program to compile; repeat for several (default: all)")
     parser.add_argument("--param-dtype", default="bfloat16")
@@ -279,6 +287,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def tpu_devices(topology: str) -> list:
+    """The chips of a TPU slice ("v5p:2x2x2"), from libtpu's compiler: programs lowered on a mesh
+    of them compile for that TPU (`.compile()`) on a machine without one."""
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+    except Exception as e:  # no TPU plugin, or a name it does not know
+        raise ValueError(f"--topology={topology!r}: no TPU compiler for it ({type(e).__name__}: {e}); "
+                         "install libtpu with pip install 'jax[tpu]' and name a slice such as v5p:2x2x2") from e
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -299,13 +319,15 @@ def report(args: argparse.Namespace) -> tuple[list[Row], str]:
         raise ValueError(f"--image-grid={args.image_grid!r} must be two even patch counts h,w")
     if args.images_per_row * grid[0] * grid[1] // 4 > args.seq:
         raise ValueError(f"{args.images_per_row} images of {grid} patches do not fit in --seq={args.seq} tokens")
-    meshes = {text: sharding.make_mesh(_ints(text, "mesh")) for text in args.mesh}
+    devices = tpu_devices(args.topology) if args.topology else jax.devices()
+    meshes = {text: sharding.make_mesh(_ints(text, "mesh"), devices) for text in args.mesh}
     config = config_validation.model_config(
         ml_collections.ConfigDict({"preset": args.model, "dtype": args.dtype, "param_dtype": args.param_dtype,
                                    "remat": args.remat}))
     programs = args.program or list(PROGRAMS)
-    lines = [f"{args.model}: params {args.param_dtype}, activations {args.dtype}, remat {args.remat}; "
-             f"{len(jax.devices())} devices; "
+    target = (f"TPU compiler, {args.topology} ({len(devices)} chips)" if args.topology
+              else f"XLA CPU estimate, {len(devices)} devices")
+    lines = [f"{args.model}: params {args.param_dtype}, activations {args.dtype}, remat {args.remat}; {target}; "
              "bytes and FLOPs per device"]
     if "train_step" in programs:
         lines.append(f"train_step: AdamW; global batch {args.batch} x {args.seq} tokens, {args.images_per_row} "

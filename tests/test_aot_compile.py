@@ -160,3 +160,15 @@ def test_a_tokenizer_beyond_the_models_vocabulary_is_refused():
 def test_bad_arguments_fail_with_a_clear_message(args, message):
     with pytest.raises(ValueError, match=message.replace("(", "\\(")):
         aot.report(aot.parse_args(SMALL + args))
+
+
+def test_topology_compiles_for_that_tpu_or_names_what_is_missing():
+    """--topology compiles with libtpu's TPU compiler (no TPU needed); without libtpu it says so."""
+    args = aot.parse_args(SMALL + ["--mesh=1,2,2", "--program=train_step", "--topology=v5p:2x2x1"])
+    if importlib.util.find_spec("libtpu") is None:
+        with pytest.raises(ValueError, match=r"--topology='v5p:2x2x1': no TPU compiler .* pip install 'jax\[tpu\]'"):
+            aot.report(args)
+    else:
+        rows, text = aot.report(args)
+        assert "TPU compiler, v5p:2x2x1 (4 chips)" in text
+        assert [row.mesh for row in rows] == ["1,2,2"] and rows[0].temporaries > 0
