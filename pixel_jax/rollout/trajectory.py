@@ -134,9 +134,43 @@ def token_logprobs_and_entropy(
     response = slice(trajectory.prompt_len, s)  # the R = S − prompt_len slots a token may be sampled in
     source = previous_valid_slot(trajectory.slot_valid)[:, response]  # [B, R]
     hidden = jnp.take_along_axis(hidden, source[..., None], axis=1)  # [B, R, D] the predicting slot
-    logits = model.logits(hidden) / trajectory.temperature[:, response, None]
-    logprobs = jax.nn.log_softmax(logits, axis=-1)  # [B, R, V]
-    chosen = jnp.take_along_axis(logprobs, trajectory.tokens[:, response, None], axis=-1)[..., 0]  # [B, R]
-    entropy = -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)  # [B, R]
+    chosen, entropy = sampled_logprobs_and_entropy(model, hidden, trajectory.tokens[:, response],
+                                                   trajectory.temperature[:, response])  # [B, R] each
     on_all_slots = lambda x: jnp.pad(x, ((0, 0), (trajectory.prompt_len, 0)))  # [B, S], 0 on the prompt
     return on_all_slots(chosen), on_all_slots(entropy)
+
+
+LOGIT_CHUNK = 1024  # response slots whose [B, chunk, V] logits exist at once
+
+
+def sampled_logprobs_and_entropy(
+    model: Qwen2_5_VL, hidden: jax.Array, tokens: jax.Array, temperature: jax.Array, chunk: int = LOGIT_CHUNK
+) -> tuple[jax.Array, jax.Array]:
+    """hidden [B, R, D] of the predicting slots, their tokens and temperatures [B, R] -> (log π_θ
+    of the tokens, entropy H of π_θ), [B, R] float32 each, at most `chunk` slots at a time.
+
+    Only one chunk's logits [B, chunk, V] exist at once, in the forward pass and in the backward
+    one (which recomputes them, `jax.checkpoint`): a 7B response's [R, V] float32 logits are
+    ~3 GB per row (R ≈ 5000, V = 152,064), their log-softmax as much again.
+    """
+    b, r, _ = hidden.shape
+
+    def head(hidden, tokens, temperature):  # [B, C, D], [B, C], [B, C] -> [B, C], [B, C]
+        logprobs = jax.nn.log_softmax(model.logits(hidden) / temperature[..., None], axis=-1)  # [B, C, V]
+        chosen = jnp.take_along_axis(logprobs, tokens[..., None], axis=-1)[..., 0]
+        return chosen, -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)
+
+    if r <= chunk:
+        return head(hidden, tokens, temperature)
+    n = -(-r // chunk)
+
+    def to_chunks(x, fill=0):  # [B, R, ...] -> [n, B, chunk, ...], the last chunk padded with `fill`
+        x = jnp.pad(x, [(0, 0), (0, n * chunk - r)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+    # padding at temperature 1: a 0 would put inf·0 = NaN into the gradients of the real slots
+    chunks = (to_chunks(hidden), to_chunks(tokens), to_chunks(temperature, fill=1))
+    chosen, entropy = jax.lax.map(lambda args: jax.checkpoint(head)(*args), chunks)  # [n, B, chunk] each
+    from_chunks = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :r]
+    return from_chunks(chosen), from_chunks(entropy)
+
