@@ -139,18 +139,19 @@ def rollout_shapes(run: ml_collections.ConfigDict, config: qvl.Qwen2_5_VLConfig,
                          tuple(run.data.pipeline.canvas_size))
 
 
-def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.State, dict[str, jax.ShapeDtypeStruct],
+def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[str, jax.ShapeDtypeStruct],
                                           jax.ShapeDtypeStruct]:
-    """The engine, and its abstract sharded arguments: parameters, prompt batch, PRNG key.
+    """The engine, and its abstract sharded arguments: model, prompt batch, PRNG key.
 
     The batch holds one image per prompt (the `Engine.__call__` layout for group sampling), every
     field split by rows (`activation_batch`) as far as the prompt count divides.
     """
     shapes, mesh, rules = setup.rollout, setup.mesh, setup.rules
     abstract_model = nnx.eval_shape(lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract_model)
-    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
+    graphdef, state = nnx.split(abstract_model)
+    placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
                           sharding.state_shardings(state, mesh, rules))
+    model = nnx.merge(graphdef, placed)
     b, p = shapes.prompts, shapes.prompt_len
     patches = math.prod(image_processing.patch_grid(1, *shapes.view_hw))
     fields = {
@@ -167,7 +168,7 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.State, dict[str
     batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=rows(shape)) for key, (shape, dtype) in fields.items()}
     key = jax.eval_shape(jax.random.key, 0)
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
-    return engine_lib.Engine(abstract_model, shapes.spec, mesh=mesh, rules=rules), params, batch, rng
+    return engine_lib.Engine(abstract_model, shapes.spec, mesh=mesh, rules=rules), model, batch, rng
 
 
 def lower_rollout(setup: Setup) -> jax.stages.Lowered:
@@ -176,9 +177,9 @@ def lower_rollout(setup: Setup) -> jax.stages.Lowered:
     Lowered through the public call (the engine's own jit is inlined into this one), so the
     program is exactly the one `Engine.__call__` runs.
     """
-    engine, params, batch, rng = rollout_inputs(setup)
-    rollout = lambda p, b, r: engine(nnx.merge(engine.graphdef, p), b, r, group_size=setup.rollout.group_size)
-    return jax.jit(rollout).lower(params, batch, rng)
+    engine, model, batch, rng = rollout_inputs(setup)
+    rollout = lambda m, b, r: engine(m, b, r, group_size=setup.rollout.group_size)
+    return jax.jit(rollout).lower(model, batch, rng)
 
 
 # The programs of a run, compiled in this order: functions Setup -> Lowered.

@@ -91,17 +91,17 @@ def test_rollout_row_is_the_engine_program_at_the_configs_shapes(small_report):
         f"{run.rollout.max_prompt_len} slots with a {view_h}x{view_w} px view; up to {run.rollout.max_new_tokens} new "
         f"tokens and {run.rollout.max_calls} calls showing {crop_h}x{crop_w} px crops")
     shapes = aot.rollout_shapes(run, aot.qvl.Qwen2_5_VLConfig.tiny(), prompts=4)
-    engine, params, batch, rng = aot.rollout_inputs(small_setup(shapes))
+    engine, model, batch, rng = aot.rollout_inputs(small_setup(shapes))
 
     # arguments: exactly one device's shards of the parameters, the prompt batch and the key
-    arguments = jax.tree.leaves((params, batch, rng))
+    arguments = jax.tree.leaves((model, batch, rng))
     assert row.arguments == shard_bytes(arguments) < full_bytes(arguments)
     canvas_h, canvas_w = run.data.pipeline.canvas_size
     assert batch["original"].sharding.shard_shape(batch["original"].shape) == (2, canvas_h, canvas_w, 3)  # over fsdp
 
     # outputs: the trajectory of the 4·8 rows, no smaller than split over the 2 row shards, no larger than whole
-    rollout = lambda p, b, r: engine(nnx.merge(engine.graphdef, p), b, r, group_size=8)
-    trajectory = jax.eval_shape(rollout, params, batch, rng)
+    rollout = lambda m, b, r: engine(m, b, r, group_size=8)
+    trajectory = jax.eval_shape(rollout, model, batch, rng)
     slots = run.rollout.max_prompt_len + run.rollout.max_new_tokens + run.rollout.max_calls * shapes.spec.tools.chunk_len
     assert trajectory.tokens.shape == (4 * 8, slots)
     assert full_bytes(jax.tree.leaves(trajectory)) / 2 <= row.outputs <= full_bytes(jax.tree.leaves(trajectory))

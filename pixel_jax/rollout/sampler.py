@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 from pixel_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 from pixel_jax.rollout import engine as engine_lib
 from pixel_jax.rollout import sampling
+from pixel_jax.rollout.trajectory import Trajectory
 
 
 class GenerateOutput(NamedTuple):
@@ -62,7 +64,13 @@ def generate(
     if pixel_values is not None:
         batch.update(pixel_values=jnp.asarray(pixel_values), image_grid_thw=jnp.asarray(image_grid_thw))
     trajectory = _ENGINES[key](model, batch, jax.random.key(0) if rng is None else rng)
-    prompt_len = batch["input_ids"].shape[1]
+    return _response(trajectory, batch["input_ids"].shape[1], max_new_tokens)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _response(trajectory: Trajectory, prompt_len: int, max_new_tokens: int) -> GenerateOutput:
+    """The response slots of a trajectory, zero where the policy wrote nothing (one dispatch: the
+    half-dozen eager slices it replaces cost ~0.5 ms a call)."""
     response = slice(prompt_len, prompt_len + max_new_tokens)
     sampled = trajectory.loss_mask[:, response]
     return GenerateOutput(
