@@ -85,20 +85,20 @@ class Einsum(nnx.Module):
     """A projection written as an equation, e.g. "BTD,DNH->BTNH", with an optional bias."""
 
     def __init__(
-            self,
-            equation: str,
-            kernel_shape: Sequence[int],
-            kernel_axes: Sequence[str | None],
-            *,
-            bias_shape: Sequence[int] | None = None,
-            bias_axes: Sequence[str | None] | None = None,
-            param_dtype,
-            rngs: nnx.Rngs,
+        self,
+        equation: str,
+        kernel_shape: Sequence[int],
+        kernel_axes: Sequence[str | None],
+        *,
+        bias_shape: Sequence[int] | None = None,
+        bias_axes: Sequence[str | None] | None = None,
+        param_dtype,
+        rngs: nnx.Rngs,
     ):
         self.equation = equation
         self.kernel = make_param(rngs, kernel_shape, kernel_axes, param_dtype)
         self.bias = (
-                make_param(None, bias_shape, bias_axes, param_dtype, init="zeros") if bias_shape is not None else None
+            make_param(None, bias_shape, bias_axes, param_dtype, init="zeros") if bias_shape is not None else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -127,15 +127,15 @@ class GatedMLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) · up(x)); biases optional (the ViT has them, the decoder not)."""
 
     def __init__(self, dim: int, hidden: int, *, bias: bool, param_dtype, rngs: nnx.Rngs,
-                              axes: tuple[str, str] = ("embed", "mlp")):
+                 axes: tuple[str, str] = ("embed", "mlp")):
         d_axis, f_axis = axes
         kw = dict(param_dtype=param_dtype, rngs=rngs)
         self.gate_proj = Einsum("...D,DF->...F", (dim, hidden), (d_axis, f_axis),
-                                                        bias_shape=(hidden,) if bias else None, bias_axes=(f_axis,), **kw)
+                                bias_shape=(hidden,) if bias else None, bias_axes=(f_axis,), **kw)
         self.up_proj = Einsum("...D,DF->...F", (dim, hidden), (d_axis, f_axis),
-                                                    bias_shape=(hidden,) if bias else None, bias_axes=(f_axis,), **kw)
+                              bias_shape=(hidden,) if bias else None, bias_axes=(f_axis,), **kw)
         self.down_proj = Einsum("...F,FD->...D", (hidden, dim), (f_axis, d_axis),
-                                                        bias_shape=(dim,) if bias else None, bias_axes=(d_axis,), **kw)
+                                bias_shape=(dim,) if bias else None, bias_axes=(d_axis,), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

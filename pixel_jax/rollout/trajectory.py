@@ -173,4 +173,3 @@ def sampled_logprobs_and_entropy(
     chosen, entropy = jax.lax.map(lambda args: jax.checkpoint(head)(*args), chunks)  # [n, B, chunk] each
     from_chunks = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :r]
     return from_chunks(chosen), from_chunks(entropy)
-

@@ -101,17 +101,17 @@ class Qwen2_5_VLConfig:
         problems = []
         if self.hidden_size % self.num_attention_heads:
             problems.append(
-                    f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
             )
         elif self.num_attention_heads % self.num_key_value_heads:
             problems.append(
-                    f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                    f"num_key_value_heads={self.num_key_value_heads}"
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
             )
         elif sum(self.mrope_section) * 2 != self.head_dim:
             problems.append(
-                    f"sum(mrope_section)={sum(self.mrope_section)} must equal head_dim/2={self.head_dim // 2} "
-                    f"(mrope_section={tuple(self.mrope_section)}, head_dim={self.head_dim})"
+                f"sum(mrope_section)={sum(self.mrope_section)} must equal head_dim/2={self.head_dim // 2} "
+                f"(mrope_section={tuple(self.mrope_section)}, head_dim={self.head_dim})"
             )
         if len(self.mrope_section) != 3:
             problems.append(f"mrope_section must have 3 entries (t, h, w), got {tuple(self.mrope_section)}")
@@ -122,8 +122,8 @@ class Qwen2_5_VLConfig:
             problems.append(f"vision head_dim={v.head_dim} must be divisible by 4 (2-D rotary over h and w)")
         if v.window_merged_size < 1:
             problems.append(
-                    f"vision.window_size={v.window_size} is smaller than one merged patch "
-                    f"({v.patch_size * v.spatial_merge_size} px)"
+                f"vision.window_size={v.window_size} is smaller than one merged patch "
+                f"({v.patch_size * v.spatial_merge_size} px)"
             )
         if any(not 0 <= i < v.depth for i in v.fullatt_block_indexes):
             problems.append(f"vision.fullatt_block_indexes={v.fullatt_block_indexes} outside [0, depth={v.depth})")
@@ -232,41 +232,41 @@ class Qwen2_5_VLConfig:
         """The nested (transformers v5) config.json dict of this architecture."""
         v = self.vision
         text = {
-                "model_type": "qwen2_5_vl_text", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-                "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
-                "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
-                "hidden_act": self.hidden_act, "max_position_embeddings": self.max_position_embeddings,
-                "rms_norm_eps": self.rms_norm_eps, "use_sliding_window": False,
-                "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta,
-                                                        "mrope_section": list(self.mrope_section)},
-                "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
+            "model_type": "qwen2_5_vl_text", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
+            "hidden_act": self.hidden_act, "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps, "use_sliding_window": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta,
+                                "mrope_section": list(self.mrope_section)},
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
         }
         vision = {
-                "model_type": "qwen2_5_vl_vision", "depth": v.depth, "hidden_size": v.hidden_size,
-                "intermediate_size": v.intermediate_size, "num_heads": v.num_heads, "in_channels": v.in_channels,
-                "patch_size": v.patch_size, "spatial_merge_size": v.spatial_merge_size,
-                "temporal_patch_size": v.temporal_patch_size, "window_size": v.window_size,
-                "fullatt_block_indexes": list(v.fullatt_block_indexes), "out_hidden_size": v.out_hidden_size,
-                "tokens_per_second": v.tokens_per_second, "hidden_act": v.hidden_act,
+            "model_type": "qwen2_5_vl_vision", "depth": v.depth, "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size, "num_heads": v.num_heads, "in_channels": v.in_channels,
+            "patch_size": v.patch_size, "spatial_merge_size": v.spatial_merge_size,
+            "temporal_patch_size": v.temporal_patch_size, "window_size": v.window_size,
+            "fullatt_block_indexes": list(v.fullatt_block_indexes), "out_hidden_size": v.out_hidden_size,
+            "tokens_per_second": v.tokens_per_second, "hidden_act": v.hidden_act,
         }
         return {
-                "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-                "text_config": text, "vision_config": vision, "image_token_id": self.image_token_id,
-                "video_token_id": self.video_token_id, "vision_start_token_id": self.vision_start_token_id,
-                "vision_end_token_id": self.vision_end_token_id, "tie_word_embeddings": self.tie_word_embeddings,
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+            "text_config": text, "vision_config": vision, "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id, "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id, "tie_word_embeddings": self.tie_word_embeddings,
         }
 
 
 # Fields of HF config.json files that do not change the computation.
 _HF_IGNORED_FIELDS = frozenset({
-        "architectures", "attention_dropout", "initializer_range", "max_window_layers", "sliding_window",
-        "torch_dtype", "dtype", "transformers_version", "use_cache", "use_sliding_window", "vision_token_id",
-        "pad_token_id", "layer_types", "_name_or_path", "output_attentions", "output_hidden_states",
-        "return_dict", "tie_word_embeddings", "id2label", "label2id", "problem_type", "chunk_size_feed_forward",
-        "is_encoder_decoder", "add_cross_attention", "tf_legacy_loss", "use_bfloat16", "pruned_heads",
-        "torchscript", "task_specific_params", "finetuning_task", "prefix", "sep_token_id",
-        "decoder_start_token_id", "cross_attention_hidden_size", "is_decoder", "tokenizer_class",
-        "base_config_key",
+    "architectures", "attention_dropout", "initializer_range", "max_window_layers", "sliding_window",
+    "torch_dtype", "dtype", "transformers_version", "use_cache", "use_sliding_window", "vision_token_id",
+    "pad_token_id", "layer_types", "_name_or_path", "output_attentions", "output_hidden_states",
+    "return_dict", "tie_word_embeddings", "id2label", "label2id", "problem_type", "chunk_size_feed_forward",
+    "is_encoder_decoder", "add_cross_attention", "tf_legacy_loss", "use_bfloat16", "pruned_heads",
+    "torchscript", "task_specific_params", "finetuning_task", "prefix", "sep_token_id",
+    "decoder_start_token_id", "cross_attention_hidden_size", "is_decoder", "tokenizer_class",
+    "base_config_key",
 })
 
 _HF_VISION_RENAMES = {"in_chans": "in_channels", "num_attention_heads": "num_heads", "num_hidden_layers": "depth"}

@@ -248,4 +248,3 @@ def save_pretrained(model: Qwen2_5_VL, path: str | Path, dtype=None) -> None:
     hf_config["dtype"] = str(next(iter(tensors.values())).dtype)
     safetensors_io.save_file(tensors, path / "model.safetensors")
     (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-
