@@ -11,7 +11,8 @@ setuptools.setup(
         "GRPO with a curiosity bonus."
     ),
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pixel_jax", "pixel_jax.*"]),
+    # namespace discovery: assets/tokenizer (data only) is a package too, so setuptools has no ambiguity to warn of
+    packages=setuptools.find_namespace_packages(include=["pixel_jax", "pixel_jax.*"]),
     package_data={"pixel_jax": ["assets/**/*"]},
     include_package_data=True,
     install_requires=[
