@@ -147,11 +147,8 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[st
     field split by rows (`activation_batch`) as far as the prompt count divides.
     """
     shapes, mesh, rules = setup.rollout, setup.mesh, setup.rules
-    abstract_model = nnx.eval_shape(lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract_model)
-    placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
-                          sharding.state_shardings(state, mesh, rules))
-    model = nnx.merge(graphdef, placed)
+    create_model = lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0))
+    model = nnx.merge(*sharding.abstract_sharded(create_model, mesh, rules))  # shape-only, on its shardings
     b, p = shapes.prompts, shapes.prompt_len
     patches = math.prod(image_processing.patch_grid(1, *shapes.view_hw))
     fields = {
@@ -168,7 +165,7 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[st
     batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=rows(shape)) for key, (shape, dtype) in fields.items()}
     key = jax.eval_shape(jax.random.key, 0)
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
-    return engine_lib.Engine(abstract_model, shapes.spec, mesh=mesh, rules=rules), model, batch, rng
+    return engine_lib.Engine(model, shapes.spec, mesh=mesh, rules=rules), model, batch, rng
 
 
 def lower_rollout(setup: Setup) -> jax.stages.Lowered:

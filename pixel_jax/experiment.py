@@ -91,9 +91,7 @@ class Experiment:
             return qvl.from_pretrained(folder, dtype=jnp.dtype(self.model_config.param_dtype), mesh=self.mesh,
                                        sharding_rules=self.rules,
                                        compute_dtype=jnp.dtype(self.model_config.dtype), remat=self.model_config.remat)
-        graphdef, abstract = nnx.split(nnx.eval_shape(self.create_model_fn()))
-        shardings = sharding.state_shardings(abstract, self.mesh, self.rules)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        graphdef, abstract = sharding.abstract_sharded(self.create_model_fn(), self.mesh, self.rules)
         return nnx.merge(graphdef, checkpoint.restore_params(folder, abstract))
 
     # ----------------------------------------------------------------------- rollout

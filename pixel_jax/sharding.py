@@ -215,6 +215,20 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.
     return jax.tree.map(place, abstract_state, is_leaf=_is_variable)
 
 
+def shape_structs(abstract: Any, shardings: Any) -> Any:
+    """Shape-only arrays (`jax.ShapeDtypeStruct`) of `abstract`, placed as `shardings` (the same
+    tree): arguments to lower or restore into without allocating anything."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def abstract_sharded(
+        create_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) of the model, its state as shape-only arrays on their parameter shardings."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(create_model))
+    return graphdef, shape_structs(abstract_state, state_shardings(abstract_state, mesh, rules))
+
+
 def param_shardings_by_path(
         abstract_model: nnx.Module, mesh: Mesh, rules: Rules | None = None
 ) -> dict[str, jax.sharding.Sharding]:

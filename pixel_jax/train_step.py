@@ -172,7 +172,7 @@ def plan_training(
     )
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                           opt_state=abstract_opt_state)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    abstract = sharding.shape_structs(abstract, shardings)
     return TrainPlan(create_model, graphdef, optimizer, mesh, rules, shardings, abstract)
 
 
