@@ -22,7 +22,13 @@ The programs (`--program`, default all):
   `--prompts` prompts sampled G times each, with the shapes of `configs/grpo.py:<--grpo-config>`
   (prompt and response budgets, calls, crop grid, sampling, G, view and canvas sizes). XLA counts a
   loop body once and a branch at its costlier side, so its FLOPs are those of the prefill plus one
-  decode or tool step, whichever costs more, not of a whole rollout.
+  decode or tool step, whichever costs more, not of a whole rollout;
+- grpo_step: the GRPO learner update (`rl.learner.make_update_step`: rewards, advantages, then
+  gradient accumulation over M micro-batches and AdamW) on one batch of that config: its
+  `data.pipeline.batch_size` prompts x G trajectories (`--learner-prompts` to change it), each of
+  the shape the rollout returns (every slot and crop) with its prompt image, in the config's
+  `rl.micro_batches` (`--micro-batches` to change it). Its FLOPs are one micro-batch's forward and
+  backward pass (a loop body, counted once).
 
 New programs join `PROGRAMS` (name -> function lowering it for a `Setup`).
 """
@@ -48,7 +54,9 @@ from pixel_jax.models import qwen2_5_vl as qvl
 from pixel_jax.models.layers import REMAT_POLICIES
 from pixel_jax.processing import image as image_processing
 from pixel_jax.processing.tokenizer import load_tokenizer
+from pixel_jax.rl import learner
 from pixel_jax.rollout import engine as engine_lib
+from pixel_jax.rollout.trajectory import row_axes
 from pixel_jax.rollout.tool_step import ToolTables
 from pixel_jax.tools.protocols import PROTOCOLS
 
@@ -70,6 +78,14 @@ class RolloutShapes:
 
 
 @dataclasses.dataclass(frozen=True)
+class LearnerShapes:
+    """The GRPO update of a config: its coefficients and how many prompts' groups a batch holds."""
+
+    config: learner.LearnerConfig
+    prompts: int  # Q: the batch is Q·G trajectories of the rollout's shapes
+
+
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """What one row of the table compiles: a model on a mesh, with a batch shape."""
 
@@ -80,7 +96,8 @@ class Setup:
     seq: int  # tokens per sequence
     images_per_row: int
     image_grid: tuple[int, int]  # patches (h, w) of each image: h·w/4 visual tokens
-    rollout: RolloutShapes | None = None  # built only when the rollout program is compiled
+    rollout: RolloutShapes | None = None  # built only when the rollout or the GRPO step is compiled
+    learner: LearnerShapes | None = None  # built only when the GRPO step is compiled
 
 
 def train_step_inputs(setup: Setup) -> tuple[ts.TrainPlan, dict[str, jax.ShapeDtypeStruct]]:
@@ -160,9 +177,7 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[st
         "original_wh": ((b, 2), jnp.int32),
         "view_wh": ((b, 2), jnp.int32),
     }
-    rows = lambda shape: sharding.logical_sharding(("activation_batch",) + (None,) * (len(shape) - 1), mesh, rules,
-                                                   shape)
-    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=rows(shape)) for key, (shape, dtype) in fields.items()}
+    batch = {key: _on_rows(jax.ShapeDtypeStruct(shape, dtype), mesh, rules) for key, (shape, dtype) in fields.items()}
     key = jax.eval_shape(jax.random.key, 0)
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
     return engine_lib.Engine(model, shapes.spec, mesh=mesh, rules=rules), model, batch, rng
@@ -179,9 +194,47 @@ def lower_rollout(setup: Setup) -> jax.stages.Lowered:
     return jax.jit(rollout).lower(model, batch, rng)
 
 
+def _on_rows(x: jax.ShapeDtypeStruct, mesh: jax.sharding.Mesh, rules: sharding.Rules,
+             row_axis: int = 0) -> jax.ShapeDtypeStruct:
+    """`x` with its rows (`row_axis`) split over the batch mesh axes that divide them, as
+    `sharding.place_rows` places a batch."""
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.logical_sharding(
+        sharding.rows_on_batch(len(x.shape), row_axis), mesh, rules, x.shape))
+
+
+def grpo_step_inputs(setup: Setup) -> tuple[learner.LearnerPlan, learner.LearnerState, nnx.State,
+                                            learner.RolloutBatch]:
+    """The learner plan and the abstract sharded arguments of its update: state, frozen parameters
+    and a rollout batch of Q·G trajectories shaped as the rollout program returns them, each with
+    its prompt image (`RolloutBatch`, as `rl.loop` assembles it)."""
+    create_model = lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0))
+    plan = learner.plan_learner(create_model, setup.learner.config, setup.mesh, setup.rules)
+    state, frozen = jax.eval_shape(lambda: learner.init_learner(plan, create_model()))
+    shapes = dataclasses.replace(setup.rollout, prompts=setup.learner.prompts)
+    engine, model, prompts, rng = rollout_inputs(dataclasses.replace(setup, rollout=shapes))
+    trajectory = jax.eval_shape(lambda m, b, r: engine(m, b, r, group_size=shapes.group_size), model, prompts, rng)
+    rows = trajectory.tokens.shape[0]  # Q·G
+    batch = learner.RolloutBatch(
+        trajectory=trajectory,
+        task_reward=jax.ShapeDtypeStruct((rows,), jnp.float32),
+        prompt_pixel_values=jax.ShapeDtypeStruct((rows, *prompts["pixel_values"].shape[1:]), jnp.float32),
+        prompt_grid_thw=jax.ShapeDtypeStruct((rows, 3), jnp.int32),
+    )
+    batch = jax.tree.map(lambda x, axis: _on_rows(x, setup.mesh, setup.rules, axis), batch, row_axes(batch))
+    return (plan, sharding.shape_structs(state, plan.state_shardings),
+            sharding.shape_structs(frozen, plan.frozen_shardings), batch)
+
+
+def lower_grpo_step(setup: Setup) -> jax.stages.Lowered:
+    """The GRPO learner update of `pixel_jax.rl.learner` (the state donated), as `rl.loop` runs it."""
+    plan, state, frozen, batch = grpo_step_inputs(setup)
+    return learner.make_update_step(plan).lower(state, frozen, batch)
+
+
 # The programs of a run, compiled in this order: functions Setup -> Lowered.
 PROGRAMS: dict[str, Callable[[Setup], jax.stages.Lowered]] = {"train_step": lower_train_step,
-                                                              "rollout": lower_rollout}
+                                                              "rollout": lower_rollout,
+                                                              "grpo_step": lower_grpo_step}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +335,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help="global prompts per rollout batch, each sampled G times (default: one per device)")
     rollout.add_argument("--tokenizer", default=None,
                          help="local checkpoint folder of the tool tables' tokenizer (default: the packaged one)")
+    grpo = parser.add_argument_group("grpo_step (rollout shapes from --grpo-config)")
+    grpo.add_argument("--learner-prompts", type=int, default=None,
+                      help="prompts per learner batch, G trajectories each (default: the config's batch size)")
+    grpo.add_argument("--micro-batches", type=int, default=None,
+                      help="gradient-accumulation micro-batches (default: the config's rl.micro_batches)")
     return parser.parse_args(argv)
 
 
@@ -330,19 +388,24 @@ def report(args: argparse.Namespace) -> tuple[list[Row], str]:
     if "train_step" in programs:
         lines.append(f"train_step: AdamW; global batch {args.batch} x {args.seq} tokens, {args.images_per_row} "
                      f"image(s) of {grid[0]}x{grid[1]} patches per row")
-    shapes = None
-    if "rollout" in programs:
+    shapes = learner_shapes = None
+    if "rollout" in programs or "grpo_step" in programs:
         prompts = len(jax.devices()) if args.prompts is None else args.prompts
         if prompts < 1:
             raise ValueError(f"--prompts={prompts} must be >= 1")
-        shapes = rollout_shapes(load_grpo_config(args.grpo_config), config, prompts, args.tokenizer)
+        run = load_grpo_config(args.grpo_config)
+        shapes = rollout_shapes(run, config, prompts, args.tokenizer)
+    if "rollout" in programs:
         lines.append(describe_rollout(shapes, args.grpo_config))
+    if "grpo_step" in programs:
+        learner_shapes = grpo_shapes(run, args.learner_prompts, args.micro_batches)
+        lines.append(describe_grpo_step(learner_shapes, shapes, args.grpo_config))
 
     rules = sharding.make_rules()
     rows, notes = [], []
     for text, mesh in meshes.items():
         notes += [f"mesh {text}: {note}" for note in replicated_by_divisibility(config, mesh, rules)]
-        setup = Setup(config, mesh, rules, args.batch, args.seq, args.images_per_row, grid, shapes)
+        setup = Setup(config, mesh, rules, args.batch, args.seq, args.images_per_row, grid, shapes, learner_shapes)
         rows += [measure(name, PROGRAMS[name], setup) for name in programs]
     return rows, "\n".join(notes + lines + [table(rows, memories)])
 
@@ -358,6 +421,34 @@ def describe_rollout(shapes: RolloutShapes, grpo_arg: str) -> str:
             f"{spec.cache_slots(shapes.prompt_len)} cache slots per row; originals {ch}x{cw} px; T {first.temperature}"
             f" (later {later.temperature}), top-k {first.top_k}, top-p {first.top_p}; FLOPs: the prefill and one "
             "loop step (XLA counts a loop body once, a branch at its costlier side)")
+
+
+def grpo_shapes(run: ml_collections.ConfigDict, prompts: int | None, micro_batches: int | None) -> LearnerShapes:
+    """The learner update of GRPO config `run`, with its batch (Q prompts) and micro-batch count
+    overridden when given."""
+    prompts = run.data.pipeline.batch_size if prompts is None else prompts
+    if prompts < 1:
+        raise ValueError(f"--learner-prompts={prompts} must be >= 1")
+    config = config_validation.learner_config(run)
+    if micro_batches is not None:
+        config = dataclasses.replace(config, micro_batches=micro_batches)
+    rows = prompts * config.group_size
+    if rows % config.micro_batches:
+        raise ValueError(f"{prompts} prompts x G={config.group_size} = {rows} trajectories do not split into "
+                         f"{config.micro_batches} micro-batches")
+    return LearnerShapes(config, prompts)
+
+
+def describe_grpo_step(shapes: LearnerShapes, rollout: RolloutShapes, grpo_arg: str) -> str:
+    """The line under the table that says what the grpo_step row compiled."""
+    config, rows = shapes.config, shapes.prompts * shapes.config.group_size
+    extras = [f"π_ref (KL {config.kl_coef})"] * (config.kl_coef > 0) + [f"frozen {config.frozen}"] * bool(config.frozen)
+    return (f"grpo_step (configs/grpo.py:{grpo_arg}): Q={shapes.prompts} prompts x G={config.group_size} = {rows} "
+            f"trajectories of {rollout.spec.cache_slots(rollout.prompt_len)} slots, each with its "
+            f"{rollout.view_hw[0]}x{rollout.view_hw[1]} px prompt image and up to {rollout.spec.max_calls} crops; "
+            f"M={config.micro_batches} micro-batches of {rows // config.micro_batches} rows, "
+            f"μ={config.policy_iterations} policy iterations, AdamW{''.join(', ' + e for e in extras)}; "
+            "FLOPs: one micro-batch's forward and backward pass (XLA counts a loop body once)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
-"""launch/aot_compile.py compiles the train step and the rollout of a small preset on fake devices and
-prints their table."""
+"""launch/aot_compile.py compiles the train step, the rollout and the GRPO update of a small preset on
+fake devices and prints their table."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -40,14 +41,14 @@ def full_bytes(leaves) -> int:
 
 @pytest.fixture(scope="module")
 def small_report():
-    """Both programs (the default) of the tiny model on MESH, with the runlocal GRPO rollout."""
+    """Every program (the default) of the tiny model on MESH, with the runlocal GRPO rollout and update."""
     rows, text = aot.report(aot.parse_args(SMALL + ["--mesh=1,2,-1", "--memory=big=1", "--memory=small=0.001"]))
     return {row.program: row for row in rows}, text.splitlines()
 
 
-def small_setup(rollout=None):
+def small_setup(rollout=None, learner=None):
     return aot.Setup(aot.qvl.Qwen2_5_VLConfig.tiny(), aot.sharding.make_mesh(MESH), aot.sharding.make_rules(),
-                     8, 64, 1, (4, 4), rollout)
+                     8, 64, 1, (4, 4), rollout, learner)
 
 
 def table_row(lines: list[str], program: str) -> list[str]:
@@ -61,7 +62,8 @@ def test_table_has_a_row_per_program(small_report):
     header = next(i for i, line in enumerate(lines) if line.startswith("| program"))
     assert cells(lines[header]) == ["program", "mesh (data,fsdp,tensor)", "arguments", "outputs", "temporaries",
                                     "total", "FLOPs", "compile", "fits big (1 GB)", "fits small (0.001 GB)"]
-    assert [cells(line)[:2] for line in lines[header + 2:]] == [["train_step", "1,2,4"], ["rollout", "1,2,4"]]
+    assert [cells(line)[:2] for line in lines[header + 2:]] == [["train_step", "1,2,4"], ["rollout", "1,2,4"],
+                                                                ["grpo_step", "1,2,4"]]
     for program, row in rows.items():
         assert table_row(lines, program)[2:7] == [aot._si(row.arguments, "B"), aot._si(row.outputs, "B"),
                                                   aot._si(row.temporaries, "B"), aot._si(row.total, "B"),
@@ -117,6 +119,52 @@ def test_rollout_row_is_the_engine_program_at_the_configs_shapes(small_report):
     assert row.flops >= 2 * matmul_params * 4 * run.rollout.max_prompt_len / 8
 
 
+def test_grpo_step_row_is_the_learner_update_on_the_rollouts_trajectories(small_report):
+    rows, lines = small_report
+    row = rows["grpo_step"]
+    run = aot.load_grpo_config("runlocal")
+    q, g = run.data.pipeline.batch_size, run.rl.group_size  # the config's learner batch: Q groups of G
+    shapes = aot.rollout_shapes(run, aot.qvl.Qwen2_5_VLConfig.tiny(), prompts=4)
+    slots = shapes.spec.cache_slots(shapes.prompt_len)
+    assert next(line for line in lines if line.startswith("grpo_step")).startswith(
+        f"grpo_step (configs/grpo.py:runlocal): Q={q} prompts x G={g} = {q * g} trajectories of {slots} slots")
+    plan, state, frozen, batch = aot.grpo_step_inputs(small_setup(shapes, aot.grpo_shapes(run, None, None)))
+
+    # the batch is what the rollout returns for Q prompts, with each row's prompt image, rows split over fsdp
+    engine, model, prompts, rng = aot.rollout_inputs(small_setup(dataclasses.replace(shapes, prompts=q)))
+    trajectory = jax.eval_shape(lambda m, b, r: engine(m, b, r, group_size=g), model, prompts, rng)
+    assert jax.tree.map(lambda x: x.shape, batch.trajectory) == jax.tree.map(lambda x: x.shape, trajectory)
+    assert batch.prompt_pixel_values.shape == (q * g, *prompts["pixel_values"].shape[1:])
+    assert batch.trajectory.tokens.sharding.shard_shape((q * g, slots)) == (q * g // 2, slots)
+    assert batch.trajectory.positions.sharding.shard_shape((3, q * g, slots)) == (3, q * g // 2, slots)
+
+    # arguments: one device's shards of θ, its Adam moments, the counters and the batch (XLA drops the
+    # trajectory's bookkeeping that the update never reads); the state is donated
+    unread = ("n_crops", "n_errors", "call_boxes", "call_targets", "call_frames", "finish", "response_length")
+    read = batch.replace(trajectory=batch.trajectory.replace(**dict.fromkeys(unread)))
+    leaves = jax.tree.leaves((state, frozen, read))
+    assert row.arguments == shard_bytes(leaves) < full_bytes(leaves)
+    assert 0 < row.outputs < 10_000  # the metrics only
+    assert row.temporaries > shard_bytes(jax.tree.leaves(state.params))  # at least the gradient accumulator
+
+    # FLOPs: at least forward and backward (2 + 4 per parameter and token) of the decoder's matmuls over
+    # one micro-batch's slots, split over all 8 devices
+    decoder = nnx.state(nnx.eval_shape(lambda: aot.qvl.Qwen2_5_VL(aot.qvl.Qwen2_5_VLConfig.tiny(), rngs=nnx.Rngs(0)))
+                        .language_model.layers, nnx.Param)
+    matmul_params = sum(math.prod(v.shape) for path, v in nnx.to_flat_state(decoder) if path[-1] == "kernel")
+    micro_rows = q * g // run.rl.micro_batches
+    assert row.flops >= 6 * matmul_params * micro_rows * slots / 8
+
+
+def test_paper_scale_grpo_step_is_the_configs_batch_unless_overridden():
+    run = aot.load_grpo_config(aot.PAPER_SCALE)
+    paper = aot.grpo_shapes(run, None, None)
+    assert (paper.prompts, paper.config.group_size, paper.config.micro_batches) == (256, 8, 16)
+    assert paper.config == aot.config_validation.learner_config(run)
+    smaller = aot.grpo_shapes(run, 32, 64)
+    assert (smaller.prompts, smaller.config.micro_batches) == (32, 64)
+
+
 def test_packaged_tokenizer_tables_fit_the_7b_vocabulary():
     config = aot.qvl.Qwen2_5_VLConfig.qwen2_5_vl_7b()
     shapes = aot.rollout_shapes(aot.load_grpo_config(aot.PAPER_SCALE), config, prompts=8)
@@ -156,6 +204,9 @@ def test_a_tokenizer_beyond_the_models_vocabulary_is_refused():
     (["--mesh=1,1,8", "--seq=2"], "do not fit in --seq=2 tokens"),
     (["--mesh=1,x,8"], "--mesh='1,x,8' must be comma-separated integers"),
     (["--mesh=1,1,8", "--prompts=0"], "--prompts=0 must be >= 1"),
+    (["--mesh=1,1,8", "--learner-prompts=0"], "--learner-prompts=0 must be >= 1"),
+    (["--mesh=1,1,8", "--micro-batches=3"], "1 prompts x G=8 = 8 trajectories do not split into 3 micro-batches"),
+    (["--mesh=1,1,8", "--micro-batches=0"], "micro_batches=0 must be >= 1"),
 ])
 def test_bad_arguments_fail_with_a_clear_message(args, message):
     with pytest.raises(ValueError, match=message.replace("(", "\\(")):
