@@ -2,9 +2,10 @@
 
 Same weights on both sides: a Qwen2.5-VL config with 4 layers, hidden 256, 8 heads, 2 KV heads,
 vocabulary 4,096 and a 2-block ViT, built by pixel_jax and exported with `save_pretrained` for
-transformers. Same batch: B = `--batch` sequences of `--tokens` slots, each a prompt with one
-224×224 image (64 visual tokens) followed by a sampled response that carries the loss, and a group
-of G = B responses with 0/1 task rewards.
+transformers. Same batch: one group of G = B = `--batch` sequences of `--tokens` slots, each the
+group's prompt with its one 224×224 image (64 visual tokens) followed by a sampled response that
+carries the loss, with 0/1 task rewards. pixel_jax encodes the image once for the group;
+transformers is given it with every sequence, as the public code does, and encodes it B times.
 
 One update, both sides: log π_θ of the response tokens from one forward pass over text and image,
 the token entropy (a metric), group-relative advantages, the clipped policy loss (ε 0.2 / 0.35,
@@ -58,7 +59,8 @@ def benchmark_config() -> qvl.Qwen2_5_VLConfig:
 # ------------------------------------------------------------------------- the batch
 def make_batch(config: qvl.Qwen2_5_VLConfig, model: qvl.Qwen2_5_VL, rows: int, slots: int,
                rng: np.random.Generator) -> learner.RolloutBatch:
-    """Prompt (text, image, text) + random response tokens; log π_old = log π_θ (ratio 1)."""
+    """One group: the prompt (text, image, text) + random response tokens per row; log π_old =
+    log π_θ (ratio 1)."""
     image_tokens = IMAGE_GRID[0] * IMAGE_GRID[1] * IMAGE_GRID[2] // 4
     prompt = [1] * PROMPT_TEXT[0] + [config.vision_start_token_id] + [config.image_token_id] * image_tokens + [
         config.vision_end_token_id] + [1] * PROMPT_TEXT[1]
@@ -69,7 +71,7 @@ def make_batch(config: qvl.Qwen2_5_VLConfig, model: qvl.Qwen2_5_VL, rows: int, s
     tokens[:, :prompt_len] = np.where(np.array(prompt) == 1, tokens[:, :prompt_len], prompt)
     grids = np.tile(np.array([IMAGE_GRID], np.int32), (rows, 1))  # [B, 3]
     positions, _ = qvl.get_rope_index(config, jnp.asarray(tokens), None, jnp.asarray(grids))  # [3, B, S]
-    pixel_values = rng.normal(size=(rows, np.prod(IMAGE_GRID), config.vision.patch_dim)).astype(np.float32)
+    pixel_values = rng.normal(size=(1, np.prod(IMAGE_GRID), config.vision.patch_dim)).astype(np.float32)  # [Q=1, P, ·]
     response = np.arange(slots)[None] >= prompt_len  # [1, S]
     trajectory = Trajectory(
         tokens=jnp.asarray(tokens), positions=positions, slot_valid=jnp.ones((rows, slots), bool),
@@ -80,11 +82,12 @@ def make_batch(config: qvl.Qwen2_5_VLConfig, model: qvl.Qwen2_5_VL, rows: int, s
         call_targets=jnp.zeros((rows, 1), jnp.int32), finish=jnp.ones(rows, jnp.int32),
         response_length=jnp.full(rows, slots - prompt_len, jnp.int32), prompt_len=prompt_len,
     )
-    old = jax.jit(token_logprobs)(model, trajectory, jnp.asarray(pixel_values), jnp.asarray(grids))
+    old = jax.jit(token_logprobs, static_argnames="group_size")(model, trajectory, jnp.asarray(pixel_values),
+                                                                 jnp.asarray(grids[:1]), group_size=rows)
     task_reward = (np.arange(rows) % 2).astype(np.float32)  # half the group right
     return learner.RolloutBatch(trajectory=trajectory.replace(logprobs=jnp.where(trajectory.loss_mask, old, 0.0)),
                                 task_reward=jnp.asarray(task_reward), prompt_pixel_values=jnp.asarray(pixel_values),
-                                prompt_grid_thw=jnp.asarray(grids))
+                                prompt_grid_thw=jnp.asarray(grids[:1]))
 
 
 # -------------------------------------------------------------------------- pixel_jax
@@ -108,12 +111,13 @@ class TorchStep:
         self.optimizer = torch.optim.AdamW(hf.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8,
                                            weight_decay=0.0)
         as_torch = lambda x: torch.from_numpy(np.array(x))
+        rows = trajectory.tokens.shape[0]
         self.inputs = {
             "input_ids": as_torch(trajectory.tokens).long(),
             "attention_mask": torch.ones(trajectory.tokens.shape, dtype=torch.long),
             "position_ids": as_torch(trajectory.positions).long(),
-            "pixel_values": as_torch(batch.prompt_pixel_values).reshape(-1, batch.prompt_pixel_values.shape[-1]),
-            "image_grid_thw": as_torch(batch.prompt_grid_thw).long(),
+            "pixel_values": as_torch(batch.prompt_pixel_values).repeat(rows, 1, 1).flatten(0, 1),  # once per row
+            "image_grid_thw": as_torch(batch.prompt_grid_thw).long().repeat(rows, 1),
         }
         self.targets = self.inputs["input_ids"][:, 1:]  # token s is predicted at slot s − 1
         self.mask = as_torch(trajectory.loss_mask)[:, 1:].float()  # [B, S-1]
@@ -193,7 +197,7 @@ def main() -> None:
     peak = matmul_peak(args.repeats)
 
     tokens = args.batch * args.tokens
-    print(f"GRPO update: B={args.batch} x {args.tokens} tokens (one 224x224 image each), "
+    print(f"GRPO update: B={args.batch} x {args.tokens} tokens (the group's one 224x224 image), "
           f"{batch.trajectory.loss_mask.sum()} response tokens; best of {args.repeats}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(f"first update from the same weights, pixel_jax / torch: grad norm {float(first['grad_norm'][0]):.6f} / "

@@ -26,7 +26,7 @@ The programs (`--program`, default all):
 - grpo_step: the GRPO learner update (`rl.learner.make_update_step`: rewards, advantages, then
   gradient accumulation over M micro-batches and AdamW) on one batch of that config: its
   `data.pipeline.batch_size` prompts x G trajectories (`--learner-prompts` to change it), each of
-  the shape the rollout returns (every slot and crop) with its prompt image, in the config's
+  the shape the rollout returns (every slot and crop), and the prompts' images, in the config's
   `rl.micro_batches` (`--micro-batches` to change it). Its FLOPs are one micro-batch's forward and
   backward pass (a loop body, counted once).
 
@@ -205,21 +205,17 @@ def _on_rows(x: jax.ShapeDtypeStruct, mesh: jax.sharding.Mesh, rules: sharding.R
 def grpo_step_inputs(setup: Setup) -> tuple[learner.LearnerPlan, learner.LearnerState, nnx.State,
                                             learner.RolloutBatch]:
     """The learner plan and the abstract sharded arguments of its update: state, frozen parameters
-    and a rollout batch of Q·G trajectories shaped as the rollout program returns them, each with
-    its prompt image (`RolloutBatch`, as `rl.loop` assembles it)."""
+    and a rollout batch of Q·G trajectories shaped as the rollout program returns them, with the Q
+    prompt images (`RolloutBatch`, as `rl.loop` assembles it)."""
     create_model = lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0))
     plan = learner.plan_learner(create_model, setup.learner.config, setup.mesh, setup.rules)
     state, frozen = jax.eval_shape(lambda: learner.init_learner(plan, create_model()))
     shapes = dataclasses.replace(setup.rollout, prompts=setup.learner.prompts)
     engine, model, prompts, rng = rollout_inputs(dataclasses.replace(setup, rollout=shapes))
     trajectory = jax.eval_shape(lambda m, b, r: engine(m, b, r, group_size=shapes.group_size), model, prompts, rng)
-    rows = trajectory.tokens.shape[0]  # Q·G
-    batch = learner.RolloutBatch(
-        trajectory=trajectory,
-        task_reward=jax.ShapeDtypeStruct((rows,), jnp.float32),
-        prompt_pixel_values=jax.ShapeDtypeStruct((rows, *prompts["pixel_values"].shape[1:]), jnp.float32),
-        prompt_grid_thw=jax.ShapeDtypeStruct((rows, 3), jnp.int32),
-    )
+    batch = learner.RolloutBatch(trajectory=trajectory,
+                                 task_reward=jax.ShapeDtypeStruct(trajectory.tokens.shape[:1], jnp.float32),  # [Q·G]
+                                 prompt_pixel_values=prompts["pixel_values"], prompt_grid_thw=prompts["image_grid_thw"])
     batch = jax.tree.map(lambda x, axis: _on_rows(x, setup.mesh, setup.rules, axis), batch, row_axes(batch))
     return (plan, sharding.shape_structs(state, plan.state_shardings),
             sharding.shape_structs(frozen, plan.frozen_shardings), batch)
@@ -432,10 +428,9 @@ def grpo_shapes(run: ml_collections.ConfigDict, prompts: int | None, micro_batch
     config = config_validation.learner_config(run)
     if micro_batches is not None:
         config = dataclasses.replace(config, micro_batches=micro_batches)
-    rows = prompts * config.group_size
-    if rows % config.micro_batches:
-        raise ValueError(f"{prompts} prompts x G={config.group_size} = {rows} trajectories do not split into "
-                         f"{config.micro_batches} micro-batches")
+    if prompts % config.micro_batches:
+        raise ValueError(f"the {prompts} prompts' groups do not split into {config.micro_batches} micro-batches "
+                         "(a micro-batch holds whole groups)")
     return LearnerShapes(config, prompts)
 
 
@@ -444,8 +439,8 @@ def describe_grpo_step(shapes: LearnerShapes, rollout: RolloutShapes, grpo_arg: 
     config, rows = shapes.config, shapes.prompts * shapes.config.group_size
     extras = [f"π_ref (KL {config.kl_coef})"] * (config.kl_coef > 0) + [f"frozen {config.frozen}"] * bool(config.frozen)
     return (f"grpo_step (configs/grpo.py:{grpo_arg}): Q={shapes.prompts} prompts x G={config.group_size} = {rows} "
-            f"trajectories of {rollout.spec.cache_slots(rollout.prompt_len)} slots, each with its "
-            f"{rollout.view_hw[0]}x{rollout.view_hw[1]} px prompt image and up to {rollout.spec.max_calls} crops; "
+            f"trajectories of {rollout.spec.cache_slots(rollout.prompt_len)} slots with up to "
+            f"{rollout.spec.max_calls} crops, a {rollout.view_hw[0]}x{rollout.view_hw[1]} px prompt image per group; "
             f"M={config.micro_batches} micro-batches of {rows // config.micro_batches} rows, "
             f"μ={config.policy_iterations} policy iterations, AdamW{''.join(', ' + e for e in extras)}; "
             "FLOPs: one micro-batch's forward and backward pass (XLA counts a loop body once)")

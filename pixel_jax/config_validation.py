@@ -248,9 +248,10 @@ def _check_rl(report: _Report, config: ml_collections.ConfigDict) -> None:
     for name in ("N", "alpha", "beta", "eta_alpha", "eta_beta", "alpha_max", "beta_max", "eps_high"):
         report.require(rl[name] >= 0, f"config.rl.{name}", rl[name], "must be >= 0")
     report.require(0.0 <= rl.eps_low < 1.0, "config.rl.eps_low", rl.eps_low, "must be in [0, 1)")
-    rows = config.data.pipeline.batch_size * rl.group_size
-    report.require(rows % rl.micro_batches == 0, "config.rl.micro_batches", rl.micro_batches,
-                   f"must divide the {rows} rows of a batch (config.data.pipeline.batch_size × config.rl.group_size)")
+    groups = config.data.pipeline.batch_size
+    report.require(groups % rl.micro_batches == 0, "config.rl.micro_batches", rl.micro_batches,
+                   f"must divide the {groups} groups of a batch (config.data.pipeline.batch_size; a micro-batch "
+                   "holds whole groups)")
     report.require(config.dynamic_sampling.max_rollouts >= 1, "config.dynamic_sampling.max_rollouts",
                    config.dynamic_sampling.max_rollouts, "must be >= 1")
     learner_fields = ("config.rl", "config.optimizer", "config.frozen")

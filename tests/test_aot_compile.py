@@ -130,11 +130,11 @@ def test_grpo_step_row_is_the_learner_update_on_the_rollouts_trajectories(small_
         f"grpo_step (configs/grpo.py:runlocal): Q={q} prompts x G={g} = {q * g} trajectories of {slots} slots")
     plan, state, frozen, batch = aot.grpo_step_inputs(small_setup(shapes, aot.grpo_shapes(run, None, None)))
 
-    # the batch is what the rollout returns for Q prompts, with each row's prompt image, rows split over fsdp
+    # the batch is what the rollout returns for Q prompts, with their images, rows split over fsdp
     engine, model, prompts, rng = aot.rollout_inputs(small_setup(dataclasses.replace(shapes, prompts=q)))
     trajectory = jax.eval_shape(lambda m, b, r: engine(m, b, r, group_size=g), model, prompts, rng)
     assert jax.tree.map(lambda x: x.shape, batch.trajectory) == jax.tree.map(lambda x: x.shape, trajectory)
-    assert batch.prompt_pixel_values.shape == (q * g, *prompts["pixel_values"].shape[1:])
+    assert batch.prompt_pixel_values.shape == prompts["pixel_values"].shape  # [Q, P0, patch_dim]: once per group
     assert batch.trajectory.tokens.sharding.shard_shape((q * g, slots)) == (q * g // 2, slots)
     assert batch.trajectory.positions.sharding.shard_shape((3, q * g, slots)) == (3, q * g // 2, slots)
 
@@ -161,8 +161,8 @@ def test_paper_scale_grpo_step_is_the_configs_batch_unless_overridden():
     paper = aot.grpo_shapes(run, None, None)
     assert (paper.prompts, paper.config.group_size, paper.config.micro_batches) == (256, 8, 16)
     assert paper.config == aot.config_validation.learner_config(run)
-    smaller = aot.grpo_shapes(run, 32, 64)
-    assert (smaller.prompts, smaller.config.micro_batches) == (32, 64)
+    smaller = aot.grpo_shapes(run, 32, 8)
+    assert (smaller.prompts, smaller.config.micro_batches) == (32, 8)
 
 
 def test_packaged_tokenizer_tables_fit_the_7b_vocabulary():
@@ -205,7 +205,7 @@ def test_a_tokenizer_beyond_the_models_vocabulary_is_refused():
     (["--mesh=1,x,8"], "--mesh='1,x,8' must be comma-separated integers"),
     (["--mesh=1,1,8", "--prompts=0"], "--prompts=0 must be >= 1"),
     (["--mesh=1,1,8", "--learner-prompts=0"], "--learner-prompts=0 must be >= 1"),
-    (["--mesh=1,1,8", "--micro-batches=3"], "1 prompts x G=8 = 8 trajectories do not split into 3 micro-batches"),
+    (["--mesh=1,1,8", "--micro-batches=3"], "the 1 prompts' groups do not split into 3 micro-batches"),
     (["--mesh=1,1,8", "--micro-batches=0"], "micro_batches=0 must be >= 1"),
 ])
 def test_bad_arguments_fail_with_a_clear_message(args, message):

@@ -167,7 +167,7 @@ def test_bad_args_name_the_key(arg, message):
     ("--config.rl.group_size=1", "group_size=1 must be >= 2"),
     ("--config.rl.beta=-1.0", "config.rl.beta=-1.0 must be >= 0"),
     ("--config.rl.eps_low=1.0", "config.rl.eps_low=1.0 must be in [0, 1)"),
-    ("--config.rl.micro_batches=3", "config.rl.micro_batches=3 must divide the 16 rows"),
+    ("--config.rl.micro_batches=3", "config.rl.micro_batches=3 must divide the 2 groups"),
     ("--config.rl.advantage_estimator=ppo", "advantage_estimator='ppo' is not one of"),
     ("--config.mesh.data=3", "config.mesh: mesh={'data': 3, 'fsdp': -1, 'tensor': 1}: 8 devices are not divisible"),
     ("--config.mesh.fsdp=4", "config.mesh: mesh={'data': 1, 'fsdp': 4, 'tensor': 1} has 4 devices but 8"),

@@ -43,8 +43,8 @@ def test_assemble_takes_informative_groups_first_then_fills_without_loss():
     np.testing.assert_array_equal(batch.trajectory.tokens[:, 0], [102, 103, 202, 203, 100, 101])
     np.testing.assert_array_equal(batch.trajectory.positions[0, :, 0], [102, 103, 202, 203, 100, 101])
     np.testing.assert_array_equal(batch.trajectory.loss_mask.any(axis=1), [1, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(batch.prompt_pixel_values[:, 0, 0], [101, 101, 201, 201, 100, 100])
-    assert batch.prompt_grid_thw.shape == (6, 3)
+    np.testing.assert_array_equal(batch.prompt_pixel_values[:, 0, 0], [101, 201, 100])  # one image per group
+    assert batch.prompt_grid_thw.shape == (3, 3)
 
 
 def test_assemble_needs_enough_valid_groups():

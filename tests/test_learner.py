@@ -36,7 +36,8 @@ TOY = learner.LearnerConfig(group_size=G, advantage_estimator="grpo", learning_r
                             policy_iterations=2, adam_eps=1e-6, eta_alpha=1.0, eta_beta=1.0)
 FROZEN_VISION_KL = dataclasses.replace(TOY, micro_batches=2, frozen=(r"^visual\.",), kl_coef=1.0,
                                        ref_sync_every=3)
-replay = jax.jit(token_logprobs_and_entropy)  # (log π_θ, entropy) [B, S] of a trajectory
+# (log π_θ, entropy) [B, S] of a trajectory whose G rows per query share the query's image
+replay = jax.jit(functools.partial(token_logprobs_and_entropy, group_size=G))
 
 
 def new_model() -> Qwen2_5_VL:
@@ -77,8 +78,9 @@ def rollout():
         graphdef, state = nnx.split(model)
         model = nnx.merge(graphdef, jax.device_put(state, jax.devices()[0]))  # one placement: one compile
         return learner.RolloutBatch(trajectory=engine(model, batch, jax.random.key(0)),
-                                    task_reward=jnp.asarray(task_reward), prompt_pixel_values=batch["pixel_values"],
-                                    prompt_grid_thw=batch["image_grid_thw"])
+                                    task_reward=jnp.asarray(task_reward),
+                                    prompt_pixel_values=batch["pixel_values"][::G],  # once per query
+                                    prompt_grid_thw=batch["image_grid_thw"][::G])
 
     return run
 
@@ -310,6 +312,31 @@ def test_the_update_depends_on_neither_the_mesh_nor_the_micro_batch_count(toy, r
         np.testing.assert_allclose(flat(state.params)[key], value, atol=1e-5, err_msg=key)
 
 
+# --------------------------------------------------------------- micro-batches
+def test_micro_batches_hold_whole_groups_strided_over_the_batch():
+    rows = jnp.arange(12).reshape(6, 2)  # Q = 3 groups of G = 2 rows; rows on axis 0
+    split = learner._split_groups(rows, micro_batches=3, row_axis=0, group_rows=2)  # [M, b, 2]
+    np.testing.assert_array_equal(split[:, :, 0], [[0, 2], [4, 6], [8, 10]])
+    four = learner._split_groups(jnp.arange(8), micro_batches=2, row_axis=0, group_rows=2)  # Q = 4, G = 2
+    np.testing.assert_array_equal(four, [[0, 1, 4, 5], [2, 3, 6, 7]])  # groups 0, 2 | 1, 3
+    images = learner._split_groups(jnp.arange(4), micro_batches=2, row_axis=0, group_rows=1)  # one per group
+    np.testing.assert_array_equal(images, [[0, 2], [1, 3]])
+    positions = jnp.arange(16).reshape(2, 8)  # [3 → 2, B] rows on axis 1
+    np.testing.assert_array_equal(learner._split_groups(positions, 2, 1, 2)[1], [[2, 3, 6, 7], [10, 11, 14, 15]])
+
+
+def test_a_shared_prompt_image_gives_the_logprobs_of_one_image_per_row(rollout):
+    batch = rollout(create_model())
+    per_row = (batch.trajectory, jnp.repeat(batch.prompt_pixel_values, G, axis=0),
+               jnp.repeat(batch.prompt_grid_thw, G, axis=0))
+    shared = replay(create_model(), batch.trajectory, batch.prompt_pixel_values, batch.prompt_grid_thw)
+    separate = jax.jit(token_logprobs_and_entropy)(create_model(), *per_row)
+    for a, b in zip(shared, separate):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)  # float noise only
+    with pytest.raises(ValueError, match=r"one per group of rows, \[2, P0, patch_dim\] for 8 rows; got shape \(8,"):
+        replay(create_model(), *per_row)
+
+
 # ------------------------------------------------------------------ checkpoints
 def test_state_round_trips_through_an_orbax_checkpoint(frozen_vision_kl, tmp_path):
     state, _ = frozen_vision_kl.init()
@@ -342,3 +369,9 @@ def test_bad_configs_and_batches_raise_clear_errors(toy, rollout):
     six_rows = six_rows.replace(trajectory=six_rows.trajectory.replace(positions=batch.trajectory.positions[:, :6]))
     with pytest.raises(ValueError, match="6 rows, which must be a multiple of group_size=4"):
         toy.update(state, frozen, six_rows)
+    per_row = batch.replace(prompt_pixel_values=jnp.repeat(batch.prompt_pixel_values, G, axis=0))
+    with pytest.raises(ValueError, match=r"prompt_pixel_values must be \[2, P0, patch_dim\] \(one image per query"):
+        toy.update(state, frozen, per_row)
+    three_groups = Learner(dataclasses.replace(TOY, micro_batches=3))
+    with pytest.raises(ValueError, match="a number of groups that is a multiple of micro_batches=3"):
+        three_groups.update(*three_groups.init(), batch)

@@ -57,8 +57,8 @@ class Assembled:
 
     trajectory: Trajectory  # [Q·G] rows
     task_reward: np.ndarray  # [Q·G]
-    prompt_pixel_values: np.ndarray  # [Q·G, P0, patch_dim] each row's prompt image
-    prompt_grid_thw: np.ndarray  # [Q·G, 3]
+    prompt_pixel_values: np.ndarray  # [Q, P0, patch_dim] each group's prompt image
+    prompt_grid_thw: np.ndarray  # [Q, 3]
     informative_groups: int  # of the Q
 
 
@@ -80,8 +80,8 @@ def assemble(rollouts: Sequence[Rollout], num_groups: int) -> Assembled:
             trajectory = trajectory.replace(loss_mask=np.zeros_like(trajectory.loss_mask))
         trajectories.append(trajectory)
         rewards.append(rollout.task_reward[rows])
-        pixels.append(np.repeat(rollout.prompt_pixel_values[q:q + 1], group_size, axis=0))
-        grids.append(np.repeat(rollout.prompt_grid_thw[q:q + 1], group_size, axis=0))
+        pixels.append(rollout.prompt_pixel_values[q:q + 1])
+        grids.append(rollout.prompt_grid_thw[q:q + 1])
     return Assembled(trajectory=_concatenate(trajectories), task_reward=np.concatenate(rewards),
                      prompt_pixel_values=np.concatenate(pixels), prompt_grid_thw=np.concatenate(grids),
                      informative_groups=sum(c[2] for c in chosen))

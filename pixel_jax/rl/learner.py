@@ -15,6 +15,8 @@ adjacent) and their task rewards r(x, y_i):
      untouched) and counted.
 The step loops over the μ iterations itself (rather than the host calling it μ times) so that
 rewards, advantages and log π_ref are computed once per batch and the whole update is one program.
+A micro-batch holds whole groups (every M-th one): the G responses of a query share its prompt
+image, which the batch carries once ([Q, P0, patch_dim]) and each forward pass encodes once.
 
 Parameters whose path (e.g. "visual.blocks.0.attn.qkv.kernel") matches a `frozen` regex are split
 off: the state holds only the trainable part θ (with its Adam moments and its π_ref copy); the
@@ -171,8 +173,8 @@ class LearnerState:
 class RolloutBatch:
     trajectory: Trajectory  # B = Q·G rows, the G responses of a query adjacent
     task_reward: jax.Array  # [B] r(x, y_i), e.g. from `rl.rewards` on the decoded answers
-    prompt_pixel_values: jax.Array | None = None  # [B, P0, patch_dim] each row's prompt image
-    prompt_grid_thw: jax.Array | None = None  # [B, 3]
+    prompt_pixel_values: jax.Array | None = None  # [Q, P0, patch_dim] each query's prompt image (its G rows')
+    prompt_grid_thw: jax.Array | None = None  # [Q, 3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,26 +236,41 @@ def shard_batch(plan: LearnerPlan, batch: RolloutBatch) -> RolloutBatch:
     return place_batch(batch, plan.mesh, plan.rules)
 
 
-def _split_rows(x: jax.Array, micro_batches: int, row_axis: int) -> jax.Array:
-    """[..., B, ...] → [M, ..., b, ...], row r to micro-batch r mod M: strided, so every
-    micro-batch spans all the devices that hold rows."""
-    x = jnp.moveaxis(x, row_axis, 0)  # [B, ...]
-    x = x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:])  # [b, M, ...]
-    return jnp.moveaxis(jnp.swapaxes(x, 0, 1), 1, row_axis + 1)
+def _split_groups(x: jax.Array, micro_batches: int, row_axis: int, group_rows: int) -> jax.Array:
+    """[..., Q·g, ...] → [M, ..., (Q/M)·g, ...]: the g consecutive rows of group q go to micro-batch
+    q mod M. Strided, so every micro-batch spans all the devices that hold rows; whole groups, so a
+    micro-batch encodes each of its queries' prompt images once (g = G for rows, 1 for the images)."""
+    x = jnp.moveaxis(x, row_axis, 0)  # [Q·g, ...]
+    x = x.reshape(-1, micro_batches, group_rows, *x.shape[1:])  # [Q/M, M, g, ...]
+    x = jnp.swapaxes(x, 0, 1).reshape(micro_batches, -1, *x.shape[3:])  # [M, (Q/M)·g, ...]
+    return jnp.moveaxis(x, 1, row_axis + 1)
+
+
+def _split_batch(batch: RolloutBatch, config: LearnerConfig) -> RolloutBatch:
+    """The batch as M micro-batches of whole groups: leaves [M, ..., b, ...] (b = B/M rows, or Q/M
+    prompt images)."""
+    prompts = (batch.prompt_pixel_values, batch.prompt_grid_thw)
+    rows = batch.replace(prompt_pixel_values=None, prompt_grid_thw=None)
+    rows = jax.tree.map(lambda x, axis: _split_groups(x, config.micro_batches, axis, config.group_size), rows,
+                        row_axes(rows))
+    images, grids = jax.tree.map(lambda x: _split_groups(x, config.micro_batches, 0, 1), prompts)
+    return rows.replace(prompt_pixel_values=images, prompt_grid_thw=grids)
 
 
 def _check_batch(batch: RolloutBatch, config: LearnerConfig) -> None:
     rows = batch.trajectory.tokens.shape[0]
-    if rows % config.group_size or rows % config.micro_batches:
-        raise ValueError(f"the batch has {rows} rows, which must be a multiple of group_size="
-                         f"{config.group_size} and of micro_batches={config.micro_batches}")
+    groups = rows // config.group_size
+    if rows % config.group_size or groups % config.micro_batches:
+        raise ValueError(f"the batch has {rows} rows, which must be a multiple of group_size={config.group_size}, "
+                         f"in a number of groups that is a multiple of micro_batches={config.micro_batches} "
+                         "(a micro-batch holds whole groups)")
     if batch.task_reward.shape != (rows,):
         raise ValueError(f"task_reward must be [{rows}] (one per row), got shape {batch.task_reward.shape}")
     if (batch.prompt_pixel_values is None) != (batch.prompt_grid_thw is None):
         raise ValueError("prompt_pixel_values and prompt_grid_thw must be given together (one of them is None)")
-    if batch.prompt_pixel_values is not None and batch.prompt_pixel_values.shape[0] != rows:
-        raise ValueError(f"prompt_pixel_values must be [{rows}, P0, patch_dim] (one image per row), "
-                         f"got shape {batch.prompt_pixel_values.shape}")
+    if batch.prompt_pixel_values is not None and batch.prompt_pixel_values.shape[0] != groups:
+        raise ValueError(f"prompt_pixel_values must be [{groups}, P0, patch_dim] (one image per query, shared by its "
+                         f"group_size={config.group_size} rows), got shape {batch.prompt_pixel_values.shape}")
 
 
 # ------------------------------------------------------------------------ rewards
@@ -275,8 +292,8 @@ def _micro_batch_loss(params, frozen, plan: LearnerPlan, micro: RolloutBatch, ad
     """The clipped GRPO loss of one micro-batch and its metrics (grpo.policy_loss)."""
     config, trajectory = plan.config, micro.trajectory
     model = nnx.merge(plan.graphdef, frozen, params)
-    logprobs, entropy = token_logprobs_and_entropy(model, trajectory, micro.prompt_pixel_values,
-                                                   micro.prompt_grid_thw)  # [b, S] log π_θ, H_t
+    logprobs, entropy = token_logprobs_and_entropy(model, trajectory, micro.prompt_pixel_values, micro.prompt_grid_thw,
+                                                   group_size=config.group_size)  # [b, S] log π_θ, H_t
     if config.entropy_coef == 0:
         entropy = jax.lax.stop_gradient(entropy)  # a metric only
     loss, metrics = grpo.policy_loss(
@@ -327,8 +344,8 @@ def _synced_reference(state: LearnerState, config: LearnerConfig) -> nnx.State:
 def _reference_logprobs(plan: LearnerPlan, ref_params, frozen, micro: RolloutBatch) -> jax.Array:
     """log π_ref of every slot's token, per micro-batch: [M, b, S]."""
     model = lambda: nnx.merge(plan.graphdef, frozen, ref_params)
-    return jax.lax.map(
-        lambda mb: token_logprobs(model(), mb.trajectory, mb.prompt_pixel_values, mb.prompt_grid_thw), micro)
+    return jax.lax.map(lambda mb: token_logprobs(model(), mb.trajectory, mb.prompt_pixel_values, mb.prompt_grid_thw,
+                                                 group_size=plan.config.group_size), micro)
 
 
 def _policy_iteration(plan: LearnerPlan, frozen, micro: RolloutBatch, advantages, ref_logprobs):
@@ -377,12 +394,11 @@ def make_update_step(plan: LearnerPlan) -> Callable[[LearnerState, nnx.State, Ro
                                                estimator=config.advantage_estimator,
                                                epsilon=config.advantage_epsilon,
                                                whiten=config.whiten_advantages)  # [B] A_i
-            micro = jax.tree.map(lambda x, axis: _split_rows(x, config.micro_batches, axis), batch,
-                                 row_axes(batch))  # leaves [M, ..., b, ...]
+            micro = _split_batch(batch, config)  # leaves [M, ..., b, ...]
             ref_params = _synced_reference(state, config) if config.kl_coef > 0 else None
             ref_logprobs = None if ref_params is None else _reference_logprobs(plan, ref_params, frozen, micro)
-            iteration = _policy_iteration(plan, frozen, micro, _split_rows(advantages, config.micro_batches, 0),
-                                          ref_logprobs)
+            advantages = _split_groups(advantages, config.micro_batches, 0, config.group_size)  # [M, b]
+            iteration = _policy_iteration(plan, frozen, micro, advantages, ref_logprobs)
             (params, opt_state, updates, skipped), metrics = jax.lax.scan(
                 iteration, (state.params, state.opt_state, state.updates, state.skipped),
                 length=config.policy_iterations)

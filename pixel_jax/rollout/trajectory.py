@@ -87,6 +87,8 @@ def token_logprobs(
     prompt_grid_thw: jax.Array | None = None,
     prompt_video_values: jax.Array | None = None,
     prompt_video_grid_thw: jax.Array | None = None,
+    *,
+    group_size: int = 1,
 ) -> jax.Array:
     """log π_θ(token_s | slots before s) / T_s for every response slot: [B, S] float32, 0 on the
     prompt (never sampled: its logits are not computed).
@@ -94,10 +96,13 @@ def token_logprobs(
     The logits of slot s predict the next VALID slot (holes are skipped), at the temperature the
     token was sampled with. prompt_pixel_values / prompt_video_values with their grids are the
     prompt images / videos as given to the rollout; the images shown after calls are re-patchified
-    from their stored uint8 pixels.
+    from their stored uint8 pixels. With `group_size` G > 1, each G consecutive rows (the G responses
+    of a query) share one prompt image / video, given once per group ([B/G, P0, ·], grids [B/G, 3]):
+    it is encoded once and its features placed in all G rows.
     """
     return token_logprobs_and_entropy(
-        model, trajectory, prompt_pixel_values, prompt_grid_thw, prompt_video_values, prompt_video_grid_thw
+        model, trajectory, prompt_pixel_values, prompt_grid_thw, prompt_video_values, prompt_video_grid_thw,
+        group_size=group_size,
     )[0]
 
 
@@ -108,6 +113,8 @@ def token_logprobs_and_entropy(
     prompt_grid_thw: jax.Array | None = None,
     prompt_video_values: jax.Array | None = None,
     prompt_video_grid_thw: jax.Array | None = None,
+    *,
+    group_size: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """`token_logprobs` and the entropy H_s = −Σ_v π_θ(v | ·) log π_θ(v | ·) of the (tempered)
     distribution each slot's token was drawn from: two [B, S] float32 (0 on the prompt), one
@@ -120,7 +127,12 @@ def token_logprobs_and_entropy(
     for values, grid, token_id in ((prompt_pixel_values, prompt_grid_thw, cfg.image_token_id),
                                    (prompt_video_values, prompt_video_grid_thw, cfg.video_token_id)):
         if values is not None:  # as the rollout encodes them: [B, P0, ·] row by row, packed in reading order
-            features = model.encode_vision(values, grid)  # [B, P0/m², D] | [Σ tokens, D]
+            if group_size > 1 and (values.ndim != 3 or values.shape[0] * group_size != b):
+                raise ValueError(f"with group_size={group_size}, the prompt's visual inputs must be one per group "
+                                 f"of rows, [{b // group_size}, P0, patch_dim] for {b} rows; got shape {values.shape}")
+            features = model.encode_vision(values, grid)  # [B/G, P0/m², D] | [Σ tokens, D]
+            if group_size > 1:
+                features = jnp.repeat(features, group_size, axis=0)  # [B, P0/m², D]: a group's rows share it
             embeds = place_features(embeds, prompt_ids, token_id, features)
     crops = trajectory.crops
     if crops.shape[2] > 1:  # the rollout had tools (a real crop grid): each row's crops in order
