@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "entropy_coef": 0.0,
         "aggregation": "token-mean",  # over the assistant tokens of the batch
         "policy_iterations": 1,  # optimizer updates per rollout batch
-        "micro_batches": by_scale(1, 16, 1),  # gradient accumulation (paper scale: tune with launch/aot_compile.py)
+        "micro_batches": by_scale(1, 16, 1),  # accumulation over whole groups; see aot_compile.py --program=grpo_step
     })
     config.optimizer = common.optimizer_config(
         learning_rate=by_scale(1e-4, PAPER_LEARNING_RATE, 1e-4), warmup_steps=0,

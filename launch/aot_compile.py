@@ -266,8 +266,8 @@ def measure(program: str, lower: Callable[[Setup], jax.stages.Lowered], setup: S
 
 
 def _si(value: float, unit: str) -> str:
-    """12.3 GB, 450 MB, 1.2 TFLOP: three significant digits, SI prefixes."""
-    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    """12.3 GB, 450 MB, 1.04 PFLOP: three significant digits, SI prefixes."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}"

@@ -165,6 +165,12 @@ def test_paper_scale_grpo_step_is_the_configs_batch_unless_overridden():
     assert (smaller.prompts, smaller.config.micro_batches) == (32, 8)
 
 
+@pytest.mark.parametrize("value, unit, text", [(1.04e15, "FLOP", "1.04 PFLOP"), (70.6e9, "B", "70.6 GB"),
+                                               (18_600, "B", "18.6 kB"), (12, "B", "12 B")])
+def test_sizes_print_with_three_digits_and_an_si_prefix(value, unit, text):
+    assert aot._si(value, unit) == text
+
+
 def test_packaged_tokenizer_tables_fit_the_7b_vocabulary():
     config = aot.qvl.Qwen2_5_VLConfig.qwen2_5_vl_7b()
     shapes = aot.rollout_shapes(aot.load_grpo_config(aot.PAPER_SCALE), config, prompts=8)
