@@ -99,11 +99,13 @@ class Setup:
     rollout: RolloutShapes | None = None  # built only when the rollout or the GRPO step is compiled
     learner: LearnerShapes | None = None  # built only when the GRPO step is compiled
 
+    def create_model(self) -> qvl.Qwen2_5_VL:
+        return qvl.Qwen2_5_VL(self.config, rngs=nnx.Rngs(0))
+
 
 def train_step_inputs(setup: Setup) -> tuple[ts.TrainPlan, dict[str, jax.ShapeDtypeStruct]]:
     """The plan (its abstract state) and the abstract global batch of the train step, all sharded."""
-    create = lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0))
-    plan = ts.plan_training(create, ts.adamw(1e-5, weight_decay=0.1), setup.mesh, setup.rules)
+    plan = ts.plan_training(setup.create_model, ts.adamw(1e-5, weight_decay=0.1), setup.mesh, setup.rules)
     shardings = sharding.batch_shardings(_fields(setup), setup.mesh, setup.rules)
     images = setup.batch * setup.images_per_row
     shapes = {
@@ -164,8 +166,7 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[st
     field split by rows (`activation_batch`) as far as the prompt count divides.
     """
     shapes, mesh, rules = setup.rollout, setup.mesh, setup.rules
-    create_model = lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0))
-    model = nnx.merge(*sharding.abstract_sharded(create_model, mesh, rules))  # shape-only, on its shardings
+    model = nnx.merge(*sharding.abstract_sharded(setup.create_model, mesh, rules))  # shape-only, on its shardings
     b, p = shapes.prompts, shapes.prompt_len
     patches = math.prod(image_processing.patch_grid(1, *shapes.view_hw))
     fields = {
@@ -177,7 +178,8 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[st
         "original_wh": ((b, 2), jnp.int32),
         "view_wh": ((b, 2), jnp.int32),
     }
-    batch = {key: _on_rows(jax.ShapeDtypeStruct(shape, dtype), mesh, rules) for key, (shape, dtype) in fields.items()}
+    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.rows_sharding(shape, mesh, rules))
+             for key, (shape, dtype) in fields.items()}
     key = jax.eval_shape(jax.random.key, 0)
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
     return engine_lib.Engine(model, shapes.spec, mesh=mesh, rules=rules), model, batch, rng
@@ -194,29 +196,22 @@ def lower_rollout(setup: Setup) -> jax.stages.Lowered:
     return jax.jit(rollout).lower(model, batch, rng)
 
 
-def _on_rows(x: jax.ShapeDtypeStruct, mesh: jax.sharding.Mesh, rules: sharding.Rules,
-             row_axis: int = 0) -> jax.ShapeDtypeStruct:
-    """`x` with its rows (`row_axis`) split over the batch mesh axes that divide them, as
-    `sharding.place_rows` places a batch."""
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.logical_sharding(
-        sharding.rows_on_batch(len(x.shape), row_axis), mesh, rules, x.shape))
-
-
 def grpo_step_inputs(setup: Setup) -> tuple[learner.LearnerPlan, learner.LearnerState, nnx.State,
                                             learner.RolloutBatch]:
     """The learner plan and the abstract sharded arguments of its update: state, frozen parameters
     and a rollout batch of Q·G trajectories shaped as the rollout program returns them, with the Q
     prompt images (`RolloutBatch`, as `rl.loop` assembles it)."""
-    create_model = lambda: qvl.Qwen2_5_VL(setup.config, rngs=nnx.Rngs(0))
-    plan = learner.plan_learner(create_model, setup.learner.config, setup.mesh, setup.rules)
-    state, frozen = jax.eval_shape(lambda: learner.init_learner(plan, create_model()))
+    plan = learner.plan_learner(setup.create_model, setup.learner.config, setup.mesh, setup.rules)
+    state, frozen = jax.eval_shape(lambda: learner.init_learner(plan, setup.create_model()))
     shapes = dataclasses.replace(setup.rollout, prompts=setup.learner.prompts)
     engine, model, prompts, rng = rollout_inputs(dataclasses.replace(setup, rollout=shapes))
     trajectory = jax.eval_shape(lambda m, b, r: engine(m, b, r, group_size=shapes.group_size), model, prompts, rng)
     batch = learner.RolloutBatch(trajectory=trajectory,
                                  task_reward=jax.ShapeDtypeStruct(trajectory.tokens.shape[:1], jnp.float32),  # [Q·G]
                                  prompt_pixel_values=prompts["pixel_values"], prompt_grid_thw=prompts["image_grid_thw"])
-    batch = jax.tree.map(lambda x, axis: _on_rows(x, setup.mesh, setup.rules, axis), batch, row_axes(batch))
+    places = jax.tree.map(lambda x, axis: sharding.rows_sharding(x.shape, setup.mesh, setup.rules, axis), batch,
+                          row_axes(batch))
+    batch = sharding.shape_structs(batch, places)  # as `learner.shard_batch` places it
     return (plan, sharding.shape_structs(state, plan.state_shardings),
             sharding.shape_structs(frozen, plan.frozen_shardings), batch)
 
@@ -437,7 +432,8 @@ def grpo_shapes(run: ml_collections.ConfigDict, prompts: int | None, micro_batch
 def describe_grpo_step(shapes: LearnerShapes, rollout: RolloutShapes, grpo_arg: str) -> str:
     """The line under the table that says what the grpo_step row compiled."""
     config, rows = shapes.config, shapes.prompts * shapes.config.group_size
-    extras = [f"π_ref (KL {config.kl_coef})"] * (config.kl_coef > 0) + [f"frozen {config.frozen}"] * bool(config.frozen)
+    extras = [f"π_ref (KL {config.kl_coef})"] * (config.kl_coef > 0)
+    extras += [f"frozen {config.frozen}"] * bool(config.frozen)
     return (f"grpo_step (configs/grpo.py:{grpo_arg}): Q={shapes.prompts} prompts x G={config.group_size} = {rows} "
             f"trajectories of {rollout.spec.cache_slots(rollout.prompt_len)} slots with up to "
             f"{rollout.spec.max_calls} crops, a {rollout.view_hw[0]}x{rollout.view_hw[1]} px prompt image per group; "

@@ -160,11 +160,17 @@ def logical_sharding(axes: LogicalAxes, mesh: Mesh, rules: Rules, shape: Sequenc
     return NamedSharding(mesh, logical_spec(axes, mesh, rules, shape))
 
 
+def rows_sharding(shape: Sequence[int], mesh: Mesh, rules: Rules, row_axis: int = 0) -> NamedSharding:
+    """Where an array of `shape` whose rows (`row_axis`) are the batch lives: its rows split over
+    the batch mesh axes that divide them, the rest replicated."""
+    return logical_sharding(rows_on_batch(len(shape), row_axis), mesh, rules, shape)
+
+
 def place_rows(value, mesh: Mesh, rules: Rules, row_axis: int = 0) -> jax.Array:
-    """`value` (a host array, the same on every process) as a global array whose rows (`row_axis`)
-    are split over the batch mesh axes that divide them: each device is given only its rows."""
+    """`value` (a host array, the same on every process) as a global array on `rows_sharding`: each
+    device is given only its rows."""
     value = np.asarray(value)
-    target = logical_sharding(rows_on_batch(value.ndim, row_axis), mesh, rules, value.shape)
+    target = rows_sharding(value.shape, mesh, rules, row_axis)
     return jax.make_array_from_callback(value.shape, target, lambda index: value[index])
 
 
