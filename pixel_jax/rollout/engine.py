@@ -235,8 +235,12 @@ class Engine:
         state = self._append_sample(state, logits, state.phase == Phase.GENERATING,
                                     advance=jnp.zeros(logits.shape[:1], jnp.int32))
 
+        # A decode step reads every weight for one token per row: with few rows on CPU, through
+        # kernels laid out as panels, which stream ~2x faster (`layers.PANEL_WIDTH`).
+        decoder = model.with_decode_panels() if layers.panels_pay_off(state.tokens.shape[0]) else model
+
         def decode_until_inject(state):
-            return jax.lax.while_loop(self._keeps_decoding, lambda s: self._decode(model, s), state)
+            return jax.lax.while_loop(self._keeps_decoding, lambda s: self._decode(decoder, s), state)
 
         def round_(state):  # serve the pending calls (none in the first round), then decode on
             pending = jnp.any(state.phase == Phase.PENDING_TOOL)

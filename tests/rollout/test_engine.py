@@ -170,6 +170,17 @@ def test_own_cache_read_in_blocks_gives_the_same_rollout(setup, engine, rollout,
     np.testing.assert_allclose(np.asarray(blocked.logprobs), np.asarray(t.logprobs), atol=1e-5)
 
 
+def test_plain_kernels_give_the_same_rollout(setup, engine, rollout, monkeypatch):
+    """Decode steps of a few rows on CPU multiply through the kernels laid out as panels
+    (`layers.panels_pay_off`); through the plain kernels: the same trajectory."""
+    batch, t = rollout
+    assert layers.panels_pay_off(t.tokens.shape[0])
+    monkeypatch.setattr(layers, "panels_pay_off", lambda rows: False)
+    plain = engine_lib.Engine(setup["model"], engine.spec)(setup["model"], batch, jax.random.key(7))
+    np.testing.assert_array_equal(np.asarray(plain.tokens), np.asarray(t.tokens))
+    np.testing.assert_allclose(np.asarray(plain.logprobs), np.asarray(t.logprobs), atol=1e-5)
+
+
 def test_rows_do_not_depend_on_each_other(setup, engine, rollout):
     batch, t = rollout
     alone = {k: v[1:2] for k, v in batch.items()}
