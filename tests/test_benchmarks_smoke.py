@@ -69,7 +69,7 @@ def test_sampler_benchmark_prints_tokens_per_second_and_the_ratio(monkeypatch, c
     for seconds, tokens_per_s in (ours, reference):
         assert_quotient(tokens_per_s, 1, batch * new_tokens, seconds)
     assert_quotient(speed_up(output), 0.01, reference[0], ours[0], numerator_step=SECONDS_STEP)
-    # the decode step's bytes / its time, against the memory stream rate
+    # the decode step's bytes / its time, against the memory read rate
     line = re.search(rf"^decode step: ({NUMBER}) ms, reading ({NUMBER}) MB of weights \+ ({NUMBER}) MB of KV cache = "
                      rf"({NUMBER}) GB/s; .*: ({NUMBER}) GB/s \(the step reaches ({NUMBER})x of it\)$", output, re.MULTILINE)
     assert line, f"no memory line in:\n{output}"

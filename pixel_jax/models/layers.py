@@ -91,12 +91,16 @@ class RMSNorm(nnx.Module):
 # ([M, 256] x [256, 1024] from memory, one thread: M = 8 99 vs 50 µs, 64 245 vs 226, 128 415 vs 426).
 PANEL_WIDTH = 64
 PANEL_MAX_ROWS = 64
+PANEL_MAX_BYTES = 2**30  # the panels are a copy of the kernels: at most 1 GiB of it
 
 
-def panels_pay_off(rows: int) -> bool:
-    """Whether products of `rows` rows run faster against kernels stored as panels (`to_panels`):
-    on CPU, for rows ≤ PANEL_MAX_ROWS (accelerators read the plain layout at full speed)."""
-    return jax.default_backend() == "cpu" and rows <= PANEL_MAX_ROWS
+def panels_pay_off(rows: int, module: nnx.Module) -> bool:
+    """Whether products of `rows` rows with the `Einsum`s of `module` should go through panels
+    (`add_panels`): on CPU (accelerators read the plain layout at full speed), for at most
+    PANEL_MAX_ROWS rows, when the copy of the kernels takes at most PANEL_MAX_BYTES."""
+    kernels = [m.kernel for _, m in nnx.iter_graph(module) if isinstance(m, Einsum)]
+    copy_bytes = sum(k.size * k.dtype.itemsize for k in kernels)
+    return jax.default_backend() == "cpu" and rows <= PANEL_MAX_ROWS and copy_bytes <= PANEL_MAX_BYTES
 
 
 def to_panels(kernel: jax.Array, contracted: int = 1) -> jax.Array | None:

@@ -237,7 +237,8 @@ class Engine:
 
         # A decode step reads every weight for one token per row: with few rows on CPU, through
         # kernels laid out as panels, which stream ~2x faster (`layers.PANEL_WIDTH`).
-        decoder = model.with_decode_panels() if layers.panels_pay_off(state.tokens.shape[0]) else model
+        rows = state.tokens.shape[0]
+        decoder = model.with_decode_panels() if layers.panels_pay_off(rows, model.language_model) else model
 
         def decode_until_inject(state):
             return jax.lax.while_loop(self._keeps_decoding, lambda s: self._decode(decoder, s), state)

@@ -35,10 +35,13 @@ def test_panel_product_equals_the_plain_product():
     assert wide.dtype == jnp.float32 and wide.shape == (2, 3, 3 * P)
 
 
-def test_panels_pay_off_for_few_rows_on_cpu():
+def test_panels_pay_off_for_few_rows_on_cpu_when_the_copy_is_small(monkeypatch):
     assert jax.default_backend() == "cpu"
-    assert layers.panels_pay_off(1) and layers.panels_pay_off(layers.PANEL_MAX_ROWS)
-    assert not layers.panels_pay_off(layers.PANEL_MAX_ROWS + 1)
+    mlp = layers.GatedMLP(64, 128, bias=False, param_dtype=jnp.float32, rngs=nnx.Rngs(0))  # 3 x 32 KiB
+    assert layers.panels_pay_off(1, mlp) and layers.panels_pay_off(layers.PANEL_MAX_ROWS, mlp)
+    assert not layers.panels_pay_off(layers.PANEL_MAX_ROWS + 1, mlp)
+    monkeypatch.setattr(layers, "PANEL_MAX_BYTES", 3 * 32 * 1024 - 1)
+    assert not layers.panels_pay_off(1, mlp)
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])

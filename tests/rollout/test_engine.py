@@ -174,8 +174,8 @@ def test_plain_kernels_give_the_same_rollout(setup, engine, rollout, monkeypatch
     """Decode steps of a few rows on CPU multiply through the kernels laid out as panels
     (`layers.panels_pay_off`); through the plain kernels: the same trajectory."""
     batch, t = rollout
-    assert layers.panels_pay_off(t.tokens.shape[0])
-    monkeypatch.setattr(layers, "panels_pay_off", lambda rows: False)
+    assert layers.panels_pay_off(t.tokens.shape[0], setup["model"].language_model)
+    monkeypatch.setattr(layers, "panels_pay_off", lambda rows, module: False)
     plain = engine_lib.Engine(setup["model"], engine.spec)(setup["model"], batch, jax.random.key(7))
     np.testing.assert_array_equal(np.asarray(plain.tokens), np.asarray(t.tokens))
     np.testing.assert_allclose(np.asarray(plain.logprobs), np.asarray(t.logprobs), atol=1e-5)
