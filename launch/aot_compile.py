@@ -172,7 +172,7 @@ def rollout_inputs(setup: Setup) -> tuple[engine_lib.Engine, nnx.Module, dict[st
     fields = {
         "input_ids": ((b, p), jnp.int32),
         "attention_mask": ((b, p), jnp.int32),
-        "pixel_values": ((b, patches, setup.config.vision.patch_dim), jnp.float32),  # [B, P0, patch_dim]
+        "pixel_values": ((b, patches, setup.config.vision.patch_dim), jnp.uint8),  # [B, P0, patch_dim] raw patches
         "image_grid_thw": ((b, 3), jnp.int32),
         "original": ((b, *shapes.canvas_hw, 3), jnp.uint8),  # [B, Hc, Wc, 3]
         "original_wh": ((b, 2), jnp.int32),

@@ -15,6 +15,7 @@ from PIL import Image
 
 import sft_fixtures as fx
 from pixel_jax.data.example import Example
+from pixel_jax.processing import image as image_processing
 from pixel_jax.processing.tokenizer import SPECIAL_TOKEN_TEXT
 from pixel_jax.rollout.inputs import question_text, rollout_inputs
 from pixel_jax.sft import synthesize
@@ -303,6 +304,17 @@ def test_where_in_image_and_question_text():
     with pytest.raises(ValueError, match="'t' has no answer"):
         synthesize.final_answer(
             dataclasses.replace(vqa, id="t", answers=(), answer_metric="exact_match"))
+
+
+def test_rollout_inputs_carry_the_view_as_raw_uint8_patches(replayed):
+    """The prompt image goes to the engine and the learner as uint8 patches (4x smaller than
+    float32); normalized, they are exactly the vision-tower input of the view."""
+    batch, _, _ = replayed
+    inputs = rollout_inputs(batch, HERMES, fx.tokenizer(), fx.CONFIG.prompt_len)
+    assert inputs["pixel_values"].dtype == np.uint8
+    for row, view in enumerate(batch.view):
+        np.testing.assert_array_equal(image_processing.normalize_patches(inputs["pixel_values"][row]),
+                                      image_processing.to_pixel_values(view))
 
 
 def test_bad_configs_and_inputs_raise_clear_errors(replayed):

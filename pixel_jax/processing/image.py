@@ -139,6 +139,20 @@ def patchify(frames, patch_size: int = 14, temporal_patch_size: int = 2, merge_s
     return xp.reshape(patches, (grid_t * grid_h * grid_w, channels * temporal_patch_size * patch_size**2))
 
 
+def normalize_patches(pixel_values):
+    """Raw patches [..., C·tp·p·p] in [0, 255] (`patchify` of uint8 frames, 4x smaller than float32)
+    → the vision-tower input `to_pixel_values` gives: `normalize` channel by channel, as columns run
+    over C first."""
+    xp = _namespace(pixel_values)
+    *lead, width = pixel_values.shape
+    channels = len(IMAGE_MEAN)
+    if width % channels:
+        raise ValueError(f"pixel_values: rows of {width} values do not split into {channels} channels")
+    by_channel = xp.reshape(pixel_values, (*lead, channels, width // channels))  # [..., C, tp·p·p]
+    normalized = xp.swapaxes(normalize(xp.swapaxes(by_channel, -1, -2)), -1, -2)  # [..., C, tp·p·p]
+    return xp.reshape(normalized, (*lead, width))
+
+
 def to_pixel_values(frames, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2):
     """Resized frames [T, H, W, C] in [0, 255] → vision-tower input [grid_t·grid_h·grid_w, C·tp·p·p] float32."""
     return patchify(normalize(frames), patch_size, temporal_patch_size, merge_size)

@@ -27,7 +27,7 @@ class Rollout:
     trajectory: Trajectory  # [Q·G] rows, numpy leaves (positions [3, Q·G, S])
     task_reward: np.ndarray  # [Q·G] r(x, y_i)
     shaped_reward: np.ndarray  # [Q·G] r'(x, y_i) under the current α, β (what the advantages see)
-    prompt_pixel_values: np.ndarray  # [Q, P0, patch_dim] each prompt's image
+    prompt_pixel_values: np.ndarray  # [Q, P0, patch_dim] each prompt's image (uint8 raw patches)
     prompt_grid_thw: np.ndarray  # [Q, 3]
     valid: np.ndarray  # [Q] False for a padding prompt (the end of a finite epoch)
 
@@ -57,7 +57,7 @@ class Assembled:
 
     trajectory: Trajectory  # [Q·G] rows
     task_reward: np.ndarray  # [Q·G]
-    prompt_pixel_values: np.ndarray  # [Q, P0, patch_dim] each group's prompt image
+    prompt_pixel_values: np.ndarray  # [Q, P0, patch_dim] each group's prompt image (uint8 raw patches)
     prompt_grid_thw: np.ndarray  # [Q, 3]
     informative_groups: int  # of the Q
 

@@ -173,7 +173,8 @@ class LearnerState:
 class RolloutBatch:
     trajectory: Trajectory  # B = Q·G rows, the G responses of a query adjacent
     task_reward: jax.Array  # [B] r(x, y_i), e.g. from `rl.rewards` on the decoded answers
-    prompt_pixel_values: jax.Array | None = None  # [Q, P0, patch_dim] each query's prompt image (its G rows')
+    # [Q, P0, patch_dim] each query's prompt image (its G rows'): uint8 raw or float normalized patches
+    prompt_pixel_values: jax.Array | None = None
     prompt_grid_thw: jax.Array | None = None  # [Q, 3]
 
 

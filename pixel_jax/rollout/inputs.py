@@ -36,7 +36,8 @@ def prompt_ids(protocol: ToolProtocol, tok: Tokenizer, question: str,
 def rollout_inputs(batch: Batch, protocol: ToolProtocol, tok: Tokenizer,
                    prompt_len: int) -> dict[str, np.ndarray]:
     """The engine's inputs for a pipeline batch of images: input_ids [B, P] (left-padded to
-    prompt_len), attention_mask, pixel_values [B, P0, patch_dim], image_grid_thw [B, 3],
+    prompt_len), attention_mask, pixel_values [B, P0, patch_dim] uint8 (raw patches: the vision tower
+    normalizes them, and a learner batch holding them is 4x smaller than float32), image_grid_thw [B, 3],
     original [B, Hc, Wc, 3], original_wh [B, 2], view_wh [B, 2]."""
     if batch.view.shape[1] != 1:
         raise ValueError(f"rollout_inputs takes image batches; this one holds videos of "
@@ -55,7 +56,7 @@ def rollout_inputs(batch: Batch, protocol: ToolProtocol, tok: Tokenizer,
         attention_mask[row, prompt_len - len(ids):] = 1
     return dict(
         input_ids=input_ids, attention_mask=attention_mask,
-        pixel_values=np.stack([image_processing.to_pixel_values(view[None]) for view in views]),
+        pixel_values=np.stack([image_processing.patchify(view[None]) for view in views]),
         image_grid_thw=np.tile(grid, (len(views), 1)).astype(np.int32),
         original=batch.original[:, 0], original_wh=batch.original_size[:, ::-1].astype(np.int32),
         view_wh=np.tile([width, height], (len(views), 1)).astype(np.int32))

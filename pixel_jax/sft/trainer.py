@@ -67,7 +67,7 @@ class SFTBatch:
     """Replayed trajectories and the prompt image of each row (as given to the rollout)."""
 
     trajectory: Trajectory
-    prompt_pixel_values: jax.Array  # [B, P0, patch_dim]
+    prompt_pixel_values: jax.Array  # [B, P0, patch_dim] uint8 raw or float patches
     prompt_grid_thw: jax.Array  # [B, 3]
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from flax import nnx
 
 from pixel_jax.models import qwen2_5_vl as qvl
+from pixel_jax.processing import image as image_processing
 
 
 def test_one_image_per_entry_equals_the_packed_masked_path():
@@ -23,3 +24,15 @@ def test_one_image_per_entry_equals_the_packed_masked_path():
     np.testing.assert_allclose(per_entry[0], packed[:24], atol=1e-5)
     np.testing.assert_allclose(per_entry[1], packed[24:48], atol=1e-5)
     np.testing.assert_allclose(per_entry[2, :16], packed[48:], atol=1e-5)  # padding rows change nothing
+
+
+def test_raw_uint8_patches_give_the_tokens_of_their_normalized_floats():
+    """uint8 patches (4x smaller in a learner batch) are normalized inside the tower: same tokens."""
+    model = qvl.Qwen2_5_VL(qvl.Qwen2_5_VLConfig.tiny(), rngs=nnx.Rngs(0))
+    frames = np.random.default_rng(1).integers(0, 256, (2, 1, 112, 168, 3), dtype=np.uint8)  # two images
+    raw = np.stack([image_processing.patchify(image) for image in frames])  # [2, 96, 1176] uint8
+    floats = np.stack([image_processing.to_pixel_values(image) for image in frames])  # [2, 96, 1176]
+    grids = np.array([[1, 8, 12], [1, 8, 12]])
+    from_raw = model.encode_vision(jnp.asarray(raw), jnp.asarray(grids))  # [2, 24, 64]
+    from_floats = model.encode_vision(jnp.asarray(floats), jnp.asarray(grids))
+    np.testing.assert_allclose(np.asarray(from_raw), np.asarray(from_floats), atol=1e-6)

@@ -132,6 +132,19 @@ def test_jitted_jnp_path_matches_numpy_path(num_frames, height, width):
     assert np.abs(np.asarray(on_device) - on_host).max() <= 1e-6
 
 
+@pytest.mark.parametrize("num_frames, height, width", [(1, 56, 84), (3, 28, 56)])
+def test_raw_uint8_patches_normalize_to_the_vision_tower_input(num_frames, height, width):
+    """patchify(uint8) then normalize_patches == to_pixel_values: bit-exact in numpy, 1e-6 jitted."""
+    frames = np.random.default_rng(2).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+    raw = pim.patchify(frames)  # [t·h·w, 3·tp·p·p] uint8
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(pim.normalize_patches(raw), pim.to_pixel_values(frames))
+    on_device = jax.jit(pim.normalize_patches)(jnp.asarray(raw))
+    assert np.abs(np.asarray(on_device) - pim.to_pixel_values(frames)).max() <= 1e-6
+    with pytest.raises(ValueError, match="rows of 1177 values do not split into 3 channels"):
+        pim.normalize_patches(np.zeros((4, 1177), np.uint8))
+
+
 def test_num_image_tokens():
     assert pim.num_image_tokens([1, 4, 6]) == 6
     np.testing.assert_array_equal(pim.num_image_tokens(np.array([[1, 4, 6], [2, 2, 2]])), [6, 2])

@@ -24,6 +24,7 @@ from flax import nnx
 from pixel_jax import sharding
 from pixel_jax.models import layers
 from pixel_jax.models.qwen2_5_vl.config import VisionConfig
+from pixel_jax.processing import image as image_processing
 
 # Patches [P, E] are split over the data-parallel devices like a batch (each device attends from
 # its patches to all keys); the merged visual tokens [P/m², O] are gathered whole, ready to be
@@ -156,7 +157,9 @@ class PatchMerger(nnx.Module):
 
 class VisionTransformer(nnx.Module):
     """pixel_values [P, C·tp·p·p], grid_thw [I, 3] -> merged visual tokens [P/m², O]; or
-    pixel_values [I, Q, C·tp·p·p] (image i in the first t·h·w of its Q rows) -> [I, Q/m², O]."""
+    pixel_values [I, Q, C·tp·p·p] (image i in the first t·h·w of its Q rows) -> [I, Q/m², O].
+    pixel_values are normalized floats (transformers' convention) or raw uint8 patches
+    (`image_processing.patchify`), normalized here."""
 
     def __init__(self, config: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs, remat: str = "none"):
         self.config = config
@@ -190,6 +193,8 @@ class VisionTransformer(nnx.Module):
             images = _equal_images(grid_thw, num_patches)
             layout = patch_layout(grid_thw[:1] if images > 1 else grid_thw, num_patches // images, self.config)
             layout = jax.tree.map(lambda field: field[None], layout)  # fields [1, Q]: shared by all images
+        if pixel_values.dtype == jnp.uint8:
+            pixel_values = image_processing.normalize_patches(jnp.asarray(pixel_values))
         cos, sin = vision_rotary(layout, self.config)  # [I | 1, Q, H]
         full_mask, window_mask = layout.full_attention_mask(), layout.window_attention_mask()  # [I | 1, Q, Q]
         x = self.patch_embed(pixel_values.reshape(num_patches, patch_dim).astype(self.dtype))
