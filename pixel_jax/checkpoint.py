@@ -26,9 +26,9 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from pixel_jax import distributed
 from pixel_jax.models.qwen2_5_vl import save_pretrained
 
 CHECKPOINT_DIR = "checkpoints"  # under a run's work directory
@@ -155,6 +155,6 @@ def export_huggingface(path: epath.PathLike, graphdef: nnx.GraphDef, *states: nn
     """Writes the model `nnx.merge(graphdef, *states)` as a Hugging Face folder (config.json +
     model.safetensors that transformers loads). Every process calls it (the parameters are gathered
     across hosts); process 0 writes."""
-    gathered = multihost_utils.process_allgather(states, tiled=True)  # host numpy on every process
+    gathered = distributed.gather_to_hosts(states)  # host numpy on every process
     if jax.process_index() == 0:
         save_pretrained(nnx.merge(graphdef, *gathered), path, dtype=dtype)

@@ -11,14 +11,19 @@ jax 0.10), so a multi-process run can be rehearsed on one machine.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Mapping
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 MODES = ("auto", "on", "off")
 QUIET_LIBRARIES = ("absl", "jax", "orbax")  # loggers kept to warnings by configure_logging
+GATHER_BARRIER_TIMEOUT_S = 3600  # how long gather_to_hosts waits for the slowest process
+_gathers = itertools.count()  # each gather's barrier needs its own name; every process counts alike
 
 
 def should_initialize(mode: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -74,3 +79,20 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger().setLevel(level if main else logging.ERROR)
     for library in QUIET_LIBRARIES if not main else ():
         logging.getLogger(library).setLevel(logging.ERROR)
+
+
+def gather_to_hosts(tree):
+    """`tree` of global arrays whole, as numpy, on every process. Every process must call it.
+
+    The processes first meet at a barrier of the coordination service (up to
+    GATHER_BARRIER_TIMEOUT_S), then gather. Without it a run can fail at random: XLA:CPU's gloo
+    collectives give a peer only 30 s to arrive when they first connect, and one process is often
+    further behind than that (it compiled more slowly, its host is busier).
+    """
+    if jax.process_count() > 1:
+        # imported here: importing orbax logs, which would preempt configure_logging's format
+        from orbax.checkpoint import multihost as orbax_multihost
+
+        barrier = orbax_multihost.get_barrier_sync_fn()
+        barrier(key=f"pixel_jax.gather_to_hosts.{next(_gathers)}", timeout_ms=GATHER_BARRIER_TIMEOUT_S * 1000)
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)

@@ -21,13 +21,11 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from pixel_jax import checkpoint, config_validation, sharding
+from pixel_jax import checkpoint, config_validation, distributed, sharding
 from pixel_jax.data import pipeline
 from pixel_jax.models import qwen2_5_vl as qvl
 from pixel_jax.processing.tokenizer import Tokenizer, load_tokenizer
@@ -128,7 +126,7 @@ class Experiment:
     @staticmethod
     def host_trajectory(trajectory: Trajectory) -> Trajectory:
         """A rollout's trajectory whole, as numpy, on every process."""
-        return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), trajectory)
+        return distributed.gather_to_hosts(trajectory)
 
     # -------------------------------------------------------------------------- data
     def source(self, data: ml_collections.ConfigDict):

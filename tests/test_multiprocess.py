@@ -72,6 +72,41 @@ def test_two_processes_equal_a_single_process_run(tmp_path):
     assert norm in per_process[0] and norm in per_process[1]
 
 
+LATE_GATHER_WORKER = """
+import sys, time
+import jax
+import numpy as np
+from pixel_jax import distributed
+index, port, late_s = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
+rows = jax.make_array_from_process_local_data(  # [4, 3]: rows 2i, 2i+1 on process i
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows")), np.full((2, 3), index, np.int32))
+if index == 1:
+    time.sleep(late_s)  # e.g. a slower compile or a busier host
+gathered = distributed.gather_to_hosts({"rows": rows})["rows"]
+assert gathered.tolist() == [[0] * 3, [0] * 3, [1] * 3, [1] * 3], gathered
+print("gathered")
+"""
+GLOO_CONNECT_TIMEOUT_S = 30  # how long XLA:CPU's gloo collectives wait for a peer when they first connect
+
+
+@pytest.mark.slow
+def test_gather_to_hosts_waits_for_a_process_later_than_gloo_would():
+    """A process arriving 35 s late: a bare process_allgather fails ("Gloo context initialization
+    failed: DEADLINE_EXCEEDED"); gather_to_hosts meets at a barrier first and succeeds."""
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    processes = [subprocess.Popen([sys.executable, "-c", LATE_GATHER_WORKER, str(i), str(port),
+                                   str(GLOO_CONNECT_TIMEOUT_S + 5)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in processes]
+    for i, (p, log) in enumerate(zip(processes, logs)):
+        assert p.returncode == 0 and "gathered" in log, f"process {i} failed:\n{log[-3000:]}"
+
+
 @pytest.mark.parametrize("mode, environ, expected", [
     ("off", {"SLURM_NTASKS": "4"}, False),
     ("on", {}, True),
