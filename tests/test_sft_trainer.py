@@ -71,7 +71,7 @@ def reference_loss(model, sft_batch: trainer.SFTBatch) -> float:
         n = valid[row].sum()
         ids[row, :n], attention[row, :n] = t.tokens[row][valid[row]], 1
         loss_mask[row, :n] = t.loss_mask[row][valid[row]]
-        pixel_values.append(np.asarray(sft_batch.prompt_pixel_values[row]))
+        pixel_values.append(image_processing.normalize_patches(np.asarray(sft_batch.prompt_pixel_values[row])))
         grids.append(np.asarray(sft_batch.prompt_grid_thw[row]))
         for crop in t.crops[row, : t.n_crops[row]]:
             pixel_values.append(image_processing.to_pixel_values(crop[None].astype(np.float32)))
