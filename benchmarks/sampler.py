@@ -39,7 +39,7 @@ VOCAB = 4096
 def benchmark_config() -> HFConfig:
     return HFConfig(
         text_config=dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2,
+                         num_attention_heads=8, num_key_value_heads=2, bos_token_id=None, eos_token_id=None,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=256,
                            fullatt_block_indexes=[1]),
