@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -49,7 +50,10 @@ def _run(command: list[str]) -> str:
 
 def _final_params(workdir: pathlib.Path, step: int) -> dict:
     """The learner state's parameters saved at `step`, as flat numpy."""
-    state = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    path, checkpointer = workdir / "checkpoints" / str(step) / "state", ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),  # host arrays, no sharding
+                            checkpointer.metadata(path).item_metadata.tree)
+    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     flat = {}
 
     def collect(prefix, tree):
